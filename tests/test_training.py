@@ -1,0 +1,136 @@
+"""End to end: a short run leaves loadable best/ and latest/, resumes where it stopped, and survives Ctrl+C."""
+
+import json
+import re
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from conftest import tiny_run_arguments
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same_weights(first, second):
+    a, b = weights(first), weights(second)
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def trainer_state(checkpoint):
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def restores_text(folder):
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    batch = tokenizer(["患者因<extra_id_0>入院，给予<extra_id_1>治疗。"], return_tensors="pt")
+    output = model.generate(**batch, max_new_tokens=8)
+    return isinstance(tokenizer.decode(output[0]), str)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, small_data):
+    """One 20-step run of the tiny model, evaluated and saved every 10 steps."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, offline_environment
+
+    output = tmp_path_factory.mktemp("run") / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny_run_arguments(small_data, output)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=offline_environment(output.parent / "hf-home"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output, result
+
+
+def test_run_writes_loadable_best_and_latest(finished_run):
+    output, result = finished_run
+    for name in ("best", "latest", "checkpoint-20", "metrics.jsonl", "train.log", "run_config.json"):
+        assert (output / name).exists(), name
+    assert restores_text(output / "best") and restores_text(output / "latest")
+    assert not list((output / "best").glob("*.bin")), "best/ must hold safetensors only"
+    assert same_weights(output / "latest", output / "checkpoint-20")
+    assert "Summary: 20 steps this run" in result.stdout
+
+
+def test_best_is_the_best_evaluated_model_not_the_last(finished_run):
+    output, _ = finished_run
+    state = trainer_state(output / "checkpoint-20")
+    evaluations = {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
+    best_step = min(evaluations, key=evaluations.get)
+    assert state["best_global_step"] == best_step
+    assert same_weights(output / "best", output / f"checkpoint-{best_step}")
+
+
+def test_records_of_the_run(finished_run):
+    output, result = finished_run
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "eval_loss" in record] == [10, 20]
+    assert [record["step"] for record in records if "loss" in record] == [5, 10, 15, 20]
+    log = (output / "train.log").read_text(encoding="utf-8")
+    assert "\r" not in log
+    assert re.search(r"step 20/20 \(100\.0%\) \| epoch [\d.]+ \| loss [\d.]+ \| lr [\d.e+-]+ \|", log)
+    config = json.loads((output / "run_config.json").read_text())
+    assert config["constants"]["MAX_STEPS"] == 20 and config["effective_batch_size"] == 8
+    assert "Traceback" not in result.stderr
+
+
+def test_running_again_resumes_from_the_saved_step(finished_run, run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    shutil.copytree(finished_run[0], output)
+    result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=30))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Resuming from {output / 'checkpoint-20'}" in result.stdout
+    assert "Summary: 10 steps this run (30 in total)" in result.stdout
+    assert trainer_state(output / "checkpoint-30")["global_step"] == 30
+    assert "Early stopping state restored" in result.stdout
+
+
+def test_fresh_start_refuses_to_overwrite_a_run(finished_run, run_train, small_data):
+    output, _ = finished_run
+    result = run_train(tiny_run_arguments(small_data, output, RESUME="None"), timeout=120)
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr and "OVERWRITE_OUTPUT_DIR" in result.stderr
+
+
+def wait_for(path, pattern, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and re.search(pattern, path.read_text(encoding="utf-8", errors="replace")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} never appeared in {path}")
+
+
+@pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_saves_loadable_weights_and_resumes(start_train, run_train, tmp_path, small_data,
+                                                      signal_number, exit_code):
+    output = tmp_path / "out"
+    process = start_train(tiny_run_arguments(small_data, output, MAX_STEPS=5000, EVAL_STEPS=5, SAVE_STEPS=5,
+                                             LOGGING_STEPS=1))
+    wait_for(output / "train.log", r"New best eval_loss")
+    wait_for(output / "train.log", r"step (1[1-9]|[2-9]\d)/5000")  # past the first evaluation, mid-training
+    process.send_signal(signal_number)
+    assert process.wait(timeout=120) == exit_code
+    console = (tmp_path / "console.log").read_text()
+    name = signal.Signals(signal_number).name
+    assert f"{name} received" in console and f"interrupted by {name}" in console
+    assert "Traceback" not in console
+    stopped_at = int(re.search(r"Latest weights \(step (\d+)\)", console).group(1))
+    assert trainer_state(output / f"checkpoint-{stopped_at}")["global_step"] == stopped_at
+    assert same_weights(output / "latest", output / f"checkpoint-{stopped_at}")
+    assert restores_text(output / "latest") and restores_text(output / "best")
+    # Running the same command again continues from the step the interrupt saved.
+    result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=stopped_at + 2, EVAL_STEPS=5,
+                                          SAVE_STEPS=5, LOGGING_STEPS=1))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Resuming from {output / f'checkpoint-{stopped_at}'}" in result.stdout
+    assert "Summary: 2 steps this run" in result.stdout
