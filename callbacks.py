@@ -160,6 +160,7 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
             )
             logger.info("Stopping: %s.", self.stop_reason)
             control.should_training_stop = True
+            control.should_save = True  # the stopped state is a checkpoint too, so a resume knows it is done
 
 
 class SafeDetailedProgressCallback(TrainerCallback):

@@ -296,6 +296,25 @@ def training_arguments(config, precision_flags):
     )
 
 
+def nothing_left_to_train(checkpoint, trainer, patience):
+    """Why resuming `checkpoint` would train nothing (schedule done or stopped early), else None.
+
+    Without this check the Trainer runs one step past the end of a finished schedule, and an
+    early-stopped run trains until its next evaluation only to stop again.
+    """
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    max_steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+    if state["global_step"] >= max_steps:
+        return (f"{checkpoint} already reached step {state['global_step']} of {max_steps}; "
+                "raise MAX_STEPS or NUM_EPOCHS to train further.")
+    early_stopping = state.get("stateful_callbacks", {}).get("DelayedEarlyStopping", {}).get("attributes", {})
+    if early_stopping.get("patience_counter", 0) >= patience:
+        return (f"{checkpoint} was stopped early after {early_stopping['patience_counter']} evaluations without "
+                "improvement; raise EARLY_STOPPING_PATIENCE to continue it.")
+    return None
+
+
 def make_trainer_class():
     from transformers import Seq2SeqTrainer
 
@@ -447,6 +466,10 @@ def train(config, flags, checkpoint, interrupt):
                 config["MODEL_NAME_OR_PATH"], counts["train"][0], counts["validation"][0],
                 args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
                 "GPU" if torch.cuda.is_available() else "CPU")
+    nothing_left = checkpoint and nothing_left_to_train(checkpoint, trainer, config["EARLY_STOPPING_PATIENCE"])
+    if nothing_left:
+        logger.info("Nothing to train: %s", nothing_left)
+        return 0
     # 4. Train. From here on the first Ctrl+C means "finish the step, save, stop".
     interrupt.arm()
     trainer.train(resume_from_checkpoint=checkpoint)

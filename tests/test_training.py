@@ -134,3 +134,32 @@ def test_interrupt_saves_loadable_weights_and_resumes(start_train, run_train, tm
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Resuming from {output / f'checkpoint-{stopped_at}'}" in result.stdout
     assert "Summary: 2 steps this run" in result.stdout
+
+
+def test_running_a_finished_run_again_trains_nothing(finished_run, run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    shutil.copytree(finished_run[0], output)
+    result = run_train(tiny_run_arguments(small_data, output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to train" in result.stdout and "already reached step 20 of 20" in result.stdout
+    assert not (output / "checkpoint-21").exists()
+    assert same_weights(output / "latest", finished_run[0] / "latest")
+
+
+def test_early_stopping_stops_saves_and_a_larger_patience_continues(run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    # No improvement can exceed a threshold of 100: the evaluation at step 10 sets the reference,
+    # the one at step 20 is the first without improvement, and patience 1 stops there.
+    arguments = dict(MAX_STEPS=60, EARLY_STOPPING_START_STEP=10, EARLY_STOPPING_THRESHOLD=100.0,
+                     EARLY_STOPPING_PATIENCE=1)
+    result = run_train(tiny_run_arguments(small_data, output, **arguments))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stopped: early stopping at step 20" in result.stdout
+    assert trainer_state(output / "checkpoint-20")["global_step"] == 20
+    again = run_train(tiny_run_arguments(small_data, output, **arguments))
+    assert "Nothing to train" in again.stdout and "raise EARLY_STOPPING_PATIENCE" in again.stdout
+    arguments["EARLY_STOPPING_PATIENCE"] = 2
+    longer = run_train(tiny_run_arguments(small_data, output, **arguments))
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "patience changed from 1 (checkpoint) to 2" in longer.stdout
+    assert "stopped: early stopping at step 30" in longer.stdout
