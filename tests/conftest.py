@@ -45,19 +45,25 @@ def tiny_run_arguments(small_data, output_dir, **overrides):
     return ["--demo"] + [f"--{name}={value}" for name, value in settings.items()]
 
 
-@pytest.fixture
-def run_train(tmp_path):
+@pytest.fixture(scope="session")
+def hf_home(tmp_path_factory):
+    """One Hugging Face cache for the whole session, so tokenization caches carry across runs."""
+    return tmp_path_factory.mktemp("hf-home")
+
+
+def run_train_process(arguments, hf_home, timeout=300):
     """Run `python train.py ARGS...` offline; returns the CompletedProcess."""
-
-    def run(arguments, timeout=300):
-        return subprocess.run([sys.executable, str(ROOT / "train.py"), *arguments], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout, env=offline_environment(tmp_path / "hf-home"))
-
-    return run
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, arguments)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=offline_environment(hf_home))
 
 
 @pytest.fixture
-def start_train(tmp_path):
+def run_train(hf_home):
+    return lambda arguments, timeout=300: run_train_process(arguments, hf_home, timeout)
+
+
+@pytest.fixture
+def start_train(tmp_path, hf_home):
     """Start `python train.py ARGS...` in the background; returns the Popen (output in a file)."""
     processes = []
 
@@ -65,7 +71,7 @@ def start_train(tmp_path):
         log = open(tmp_path / "console.log", "w")
         process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *arguments], cwd=ROOT, stdout=log,
                                    stderr=subprocess.STDOUT, text=True,
-                                   env=offline_environment(tmp_path / "hf-home"))
+                                   env=offline_environment(hf_home))
         processes.append(process)
         return process
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import tiny_run_arguments
+from conftest import run_train_process, tiny_run_arguments
 
 
 def weights(folder):
@@ -36,17 +36,10 @@ def restores_text(folder):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, small_data):
+def finished_run(tmp_path_factory, small_data, hf_home):
     """One 20-step run of the tiny model, evaluated and saved every 10 steps."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, offline_environment
-
     output = tmp_path_factory.mktemp("run") / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny_run_arguments(small_data, output)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=offline_environment(output.parent / "hf-home"))
+    result = run_train_process(tiny_run_arguments(small_data, output), hf_home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output, result
 
@@ -81,6 +74,7 @@ def test_records_of_the_run(finished_run):
     config = json.loads((output / "run_config.json").read_text())
     assert config["constants"]["MAX_STEPS"] == 20 and config["effective_batch_size"] == 8
     assert "Traceback" not in result.stderr
+    assert "Tokenizing train" in result.stderr  # the first start tokenizes; later ones reuse it
 
 
 def test_running_again_resumes_from_the_saved_step(finished_run, run_train, tmp_path, small_data):
@@ -92,6 +86,16 @@ def test_running_again_resumes_from_the_saved_step(finished_run, run_train, tmp_
     assert "Summary: 10 steps this run (30 in total)" in result.stdout
     assert trainer_state(output / "checkpoint-30")["global_step"] == 30
     assert "Early stopping state restored" in result.stdout
+    assert "Tokenizing" not in result.stderr, "a second start must reuse the cached tokenization"
+
+
+def test_a_local_model_folder_trains_offline(finished_run, run_train, tmp_path, small_data):
+    model_folder = finished_run[0] / "best"
+    result = run_train(tiny_run_arguments(small_data, tmp_path / "out", MODEL_NAME_OR_PATH=model_folder,
+                                          MAX_STEPS=5, EVAL_STEPS=5, SAVE_STEPS=5))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Training {model_folder} on 300 examples" in result.stdout
+    assert restores_text(tmp_path / "out" / "latest")
 
 
 def test_fresh_start_refuses_to_overwrite_a_run(finished_run, run_train, small_data):
