@@ -8,13 +8,13 @@ import hashlib
 import json
 import logging
 import os
-import re
 
 import datasets
 
+from spans import SENTINEL
+
 logger = logging.getLogger("domainfocus")
 
-SENTINEL = re.compile(r"<extra_id_(\d+)>")
 # Bumped whenever tokenize_batch changes, so that cached tokenizations are not reused.
 TOKENIZATION_VERSION = "1"
 
@@ -85,6 +85,19 @@ def check_jsonl(path, input_column, target_column, constant):
     return count
 
 
+def read_examples(path, input_column, target_column, limit):
+    """The first `limit` (inputs, targets) pairs of a file that check_jsonl has accepted."""
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if len(examples) >= limit:
+                break
+            if line.strip():
+                example = json.loads(line)
+                examples.append((example[input_column], example[target_column]))
+    return examples
+
+
 def truncate(ids, limit):
     """Cut a token list to `limit` tokens, keeping the end-of-sequence token last."""
     return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
@@ -106,7 +119,12 @@ def tokenize_batch(batch, tokenizer, input_column, target_column, max_input_leng
 
 
 def tokenizer_fingerprint(tokenizer):
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+    """Hash of what decides the tokens; padding and truncation settings (changed by any padded
+    call and saved with the tokenizer) do not count."""
+    description = json.loads(tokenizer.backend_tokenizer.to_str())
+    description.pop("padding", None)
+    description.pop("truncation", None)
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def load_tokenized(files, tokenizer, input_column, target_column, max_input_length, max_target_length):

@@ -80,3 +80,12 @@ def start_train(tmp_path, hf_home):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, small_data, hf_home):
+    """One 20-step run of the tiny model, evaluated and saved every 10 steps: (OUTPUT_DIR, process)."""
+    output = tmp_path_factory.mktemp("run") / "out"
+    result = run_train_process(tiny_run_arguments(small_data, output), hf_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output, result

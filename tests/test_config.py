@@ -65,6 +65,8 @@ def test_bad_overrides_name_the_constant(argument, expected):
     ({"MAX_STEPS": 0}, "MAX_STEPS=0"),
     ({"EARLY_STOPPING_THRESHOLD": -0.1}, "must not be negative"),
     ({"MODEL_NAME_OR_PATH": "./no/such/model"}, "no such folder"),
+    ({"METRIC_FOR_BEST_MODEL": "bleu"}, "choose eval_loss, span_accuracy, char_accuracy or exact_match"),
+    ({"METRIC_FOR_BEST_MODEL": "span_accuracy", "GEN_EVAL_SAMPLES": 0}, "set GEN_EVAL_SAMPLES above 0"),
 ])
 def test_impossible_settings_are_refused_before_loading_anything(overrides, expected):
     config = {**default_config(), **overrides}
@@ -90,3 +92,13 @@ def test_typo_on_the_command_line_exits_2_with_one_line(run_train, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --EVAL_STEP: unknown constant; did you mean EVAL_STEPS?"
     assert not (tmp_path / "out").exists()
+
+
+def test_restoration_metrics_can_pick_the_best_model():
+    from train import metric_for_best_model, training_arguments
+
+    config = {**default_config(), "METRIC_FOR_BEST_MODEL": "span_accuracy", "OUTPUT_DIR": "unused"}
+    check_config(config)
+    assert metric_for_best_model(config) == "eval_span_accuracy"
+    arguments = training_arguments(config, {"fp16": False, "bf16": False})
+    assert arguments.metric_for_best_model == "eval_span_accuracy" and arguments.greater_is_better

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import run_train_process, tiny_run_arguments
+from conftest import tiny_run_arguments
 
 
 def weights(folder):
@@ -33,15 +33,6 @@ def restores_text(folder):
     batch = tokenizer(["患者因<extra_id_0>入院，给予<extra_id_1>治疗。"], return_tensors="pt")
     output = model.generate(**batch, max_new_tokens=8)
     return isinstance(tokenizer.decode(output[0]), str)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, small_data, hf_home):
-    """One 20-step run of the tiny model, evaluated and saved every 10 steps."""
-    output = tmp_path_factory.mktemp("run") / "out"
-    result = run_train_process(tiny_run_arguments(small_data, output), hf_home)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return output, result
 
 
 def test_run_writes_loadable_best_and_latest(finished_run):
@@ -68,6 +59,9 @@ def test_records_of_the_run(finished_run):
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records if "eval_loss" in record] == [10, 20]
     assert [record["step"] for record in records if "loss" in record] == [5, 10, 15, 20]
+    evaluations = [record for record in records if "eval_loss" in record]
+    assert all(0 <= record[f"eval_{name}"] <= 1 for record in evaluations
+               for name in ("span_accuracy", "char_accuracy", "exact_match"))
     log = (output / "train.log").read_text(encoding="utf-8")
     assert "\r" not in log
     assert re.search(r"step 20/20 \(100\.0%\) \| epoch [\d.]+ \| loss [\d.]+ \| lr [\d.e+-]+ \|", log)

@@ -1,0 +1,119 @@
+"""prepare.py: whole lexicon terms masked as units, exact and reproducible output, safe properties."""
+
+import json
+import re
+import subprocess
+import sys
+import unicodedata
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT
+from data import check_sentinels
+from prepare import UNIT, Lexicon, Masker, cut_examples, parse_options, prepare
+from spans import fill_spans, parse_spans
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def run_prepare(tmp_path, *extra):
+    options = parse_options(["--text", str(FIXTURES / "notes.txt"), "--lexicon", str(FIXTURES / "lexicon.txt"),
+                             "--hard-lexicon", str(FIXTURES / "hard_terms.txt"), "--out", str(tmp_path / "out"),
+                             *extra])
+    stats = prepare(options, report=lambda line: None)
+    read = lambda name: [json.loads(line) for line in (tmp_path / "out" / name).read_text().splitlines()]
+    return stats, read("train.jsonl"), read("valid.jsonl")
+
+
+def test_every_term_masked_as_one_unit_when_asked(tmp_path):
+    stats, train, valid = run_prepare(tmp_path, "--term-mask-prob", "1", "--hard-term-mask-prob", "1",
+                                      "--mask-rate", "0", "--valid-ratio", "0")
+    assert valid == []
+    assert train[0] == {
+        "inputs": "患者男，58岁，因<extra_id_0>2小时入院。<extra_id_1>示ST段抬高，诊断为<extra_id_2>，"
+                  "立即给予<extra_id_3>和<extra_id_4>治疗。",
+        "targets": "<extra_id_0>胸骨后压榨性疼痛<extra_id_1>心电图<extra_id_2>急性心肌梗死<extra_id_3>阿司匹林"
+                   "<extra_id_4>溶栓<extra_id_5>"}
+    # "Metformin" (capital M) is not the lexicon's "metformin"; "HbA1c" is matched as a whole word only.
+    assert train[1]["targets"] == "<extra_id_0>type 2 diabetes<extra_id_1>HbA1c<extra_id_2>"
+    # A term containing punctuation ("community-acquired pneumonia") is found but never masked.
+    assert "community-acquired pneumonia" in train[3]["inputs"]
+    assert stats["term_span_share"] == 1.0
+    assert stats["documents"] == 4 and stats["examples_train"] == 4
+    assert stats["lexicon_coverage"] == 12 / 13
+
+
+def test_same_seed_same_files_and_default_rates(tmp_path):
+    first = run_prepare(tmp_path / "a")
+    second = run_prepare(tmp_path / "b")
+    assert first == second
+    stats = first[0]
+    assert 0.15 <= stats["mask_rate"] <= 0.35
+    assert run_prepare(tmp_path / "c", "--seed", "7")[1:] != first[1:]
+
+
+def test_split_is_by_document(tmp_path):
+    documents = [f"文档{i}：患者诊断为急性心肌梗死。给予阿司匹林。心电图正常。" * 3 for i in range(60)]
+    (tmp_path / "docs.txt").write_text("\n".join(documents), encoding="utf-8")
+    options = parse_options(["--text", str(tmp_path / "docs.txt"), "--lexicon", str(FIXTURES / "lexicon.txt"),
+                             "--out", str(tmp_path / "out"), "--valid-ratio", "0.2", "--max-chars", "20"])
+    stats = prepare(options, report=lambda line: None)
+    owner = lambda name: {re.match(r"文档(\d+)", fill_spans(e["inputs"], parse_spans(e["targets"]))).group(1)
+                          for e in map(json.loads, (tmp_path / "out" / name).read_text().splitlines())
+                          if re.match(r"文档\d+", fill_spans(e["inputs"], parse_spans(e["targets"])))}
+    assert 0 < stats["documents_valid"] < 60
+    assert not owner("train.jsonl") & owner("valid.jsonl")
+
+
+def test_long_documents_are_cut_at_sentence_ends():
+    text = "第一句很短。第二句也不长。" + "长" * 30 + "。最后一句。"
+    pieces = cut_examples(text, max_chars=14)
+    assert pieces[0] == "第一句很短。第二句也不长。"
+    assert all(len(piece) <= 14 for piece in pieces) and "".join(pieces) == text
+
+
+def test_noise_damages_only_unmasked_text(tmp_path):
+    _, clean, _ = run_prepare(tmp_path / "a", "--valid-ratio", "0")
+    _, noisy, _ = run_prepare(tmp_path / "b", "--valid-ratio", "0", "--noise", "0.3")
+    assert [e["targets"] for e in clean] == [e["targets"] for e in noisy]
+    assert [e["inputs"] for e in clean] != [e["inputs"] for e in noisy]
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    (tmp_path / "gbk.txt").write_bytes("患者".encode("gbk"))
+    for arguments, expected in [
+        (["--text", str(tmp_path / "none.txt")], "no such file"),
+        (["--text", str(tmp_path / "gbk.txt")], "gbk.txt:1: not UTF-8"),
+        (["--text", str(FIXTURES / "notes.txt"), "--mask-rate", "1.5"], "--mask-rate=1.5: must lie between 0 and 1"),
+    ]:
+        result = subprocess.run([sys.executable, str(ROOT / "prepare.py"), *arguments, "--lexicon",
+                                 str(FIXTURES / "lexicon.txt"), "--out", str(tmp_path / "out")],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+LEXICON = ["急性心肌梗死", "心电图", "阿司匹林", "溶栓", "type 2 diabetes", "HbA1c", "CT"]
+PIECES = st.sampled_from(LEXICON + ["患者", "出现", "治疗", "，", "。", "（", "）", " ", "the ", "patient",
+                                    "3.5", "mg", "、", "；", "!", "未见异常", "ST段"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PIECES, min_size=1, max_size=80), st.integers(0, 2**16), st.sampled_from([0.0, 0.22, 0.6]))
+def test_masking_properties(pieces, seed, mask_rate):
+    text = "".join(pieces).strip() or "患者"
+    lexicon = Lexicon(LEXICON[:5], hard_terms=LEXICON[5:])
+    masker = Masker(lexicon, 0.6, 0.7, mask_rate, max_span=3, noise=0.0, seed=seed)
+    example, spans, _, _ = masker.example(text)
+    # Merging the targets back into the inputs gives the original text.
+    assert fill_spans(example["inputs"], parse_spans(example["targets"])) == text
+    assert check_sentinels(example["inputs"], example["targets"]) is None
+    assert len(spans) <= 100
+    found = lexicon.find(text)
+    for start, end, is_term in spans:
+        span = text[start:end]
+        # A span is a whole found term, or stays clear of every found term (never cuts into one).
+        assert (start, end) in found if is_term else all(end <= a or start >= b for a, b in found)
+        assert not any(unicodedata.category(char).startswith("P") for char in span)
+        assert span == span.strip()
+        assert span in lexicon.terms if is_term else len(UNIT.findall(span)) <= 3
