@@ -161,3 +161,16 @@ def test_early_stopping_stops_saves_and_a_larger_patience_continues(run_train, t
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "patience changed from 1 (checkpoint) to 2" in longer.stdout
     assert "stopped: early stopping at step 30" in longer.stdout
+
+
+def test_plain_text_pairs_without_sentinels_train_and_score_whole_sequences(run_train, tmp_path):
+    pairs = [{"inputs": f"患者{i}岁，因胸痛入阮，给予阿司匹林治疔。", "targets": f"患者{i}岁，因胸痛入院，给予阿司匹林治疗。"}
+             for i in range(18, 90)]
+    lines = "\n".join(json.dumps(pair, ensure_ascii=False) for pair in pairs)
+    (tmp_path / "train.jsonl").write_text(lines, encoding="utf-8")
+    (tmp_path / "valid.jsonl").write_text(lines, encoding="utf-8")
+    result = run_train(tiny_run_arguments((tmp_path / "train.jsonl", tmp_path / "valid.jsonl"), tmp_path / "out",
+                                          MAX_STEPS=5, EVAL_STEPS=5, SAVE_STEPS=5, GEN_EVAL_SAMPLES=8))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_exact_match" in record and "eval_char_accuracy" in record for record in records)
