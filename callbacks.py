@@ -2,8 +2,10 @@
 
 * DelayedEarlyStopping        -- early stopping that waits out the early plateaus of domain transfer
 * SafeDetailedProgressCallback -- one progress line per log step with an honest ETA
+* LiveProgressBar              -- a live bar in interactive terminals, nothing in log files
 * MetricsFileCallback          -- metrics.jsonl, the single record of a run
 * BestModelCallback            -- keeps OUTPUT_DIR/best/ equal to the best evaluated weights
+* CurvesCallback               -- redraws training_curves.png at every evaluation
 * GracefulInterrupt            -- Ctrl+C / SIGTERM: finish the step, save, stop
 
 All of them act through `control` or write files; none of them changes the model.
@@ -243,6 +245,34 @@ class SafeDetailedProgressCallback(TrainerCallback):
         logger.info("evaluation at step %d%s: %s", state.global_step, took, ", ".join(shown))
 
 
+class LiveProgressBar(TrainerCallback):
+    """A progress bar (steps, ETA, loss) for interactive terminals only; logs and nohup get clean lines."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", file=self.stream,
+                            dynamic_ncols=True, leave=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class MetricsFileCallback(TrainerCallback):
     """Appends one JSON object per log or evaluation event to `path` (metrics.jsonl)."""
 
@@ -264,9 +294,10 @@ class BestModelCallback(TrainerCallback):
     best; the comparison is the Trainer's own, except that a NaN never wins.
     """
 
-    def __init__(self, folder, save_function):
+    def __init__(self, folder, save_function, write_card=None):
         self.folder = folder
         self.save_function = save_function
+        self.write_card = write_card  # write_card(folder, step, metrics) adds a model card to the save
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         name = args.metric_for_best_model
@@ -275,7 +306,12 @@ class BestModelCallback(TrainerCallback):
         if not is_better(value, state.best_metric, args.greater_is_better):
             return
         if state.is_world_process_zero:
-            save_atomically(self.save_function, self.folder)
+            def save(folder):
+                self.save_function(folder)
+                if self.write_card:
+                    self.write_card(folder, state.global_step, metrics)
+
+            save_atomically(save, self.folder)
             logger.info("New best %s %.4f at step %d, saved to %s", name, value, state.global_step, self.folder)
 
 
@@ -285,6 +321,21 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signal_number):
         super().__init__(signal.Signals(signal_number).name)
         self.signal_number = signal_number
+
+
+class CurvesCallback(TrainerCallback):
+    """Redraws OUTPUT_DIR/training_curves.png from metrics.jsonl after every evaluation."""
+
+    def __init__(self, output_dir, early_stopping_start_step, metric):
+        self.output_dir = output_dir
+        self.early_stopping_start_step = early_stopping_start_step
+        self.metric = metric
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        from report import plot_run
+
+        if state.is_world_process_zero:
+            plot_run(self.output_dir, self.early_stopping_start_step, self.metric)
 
 
 class GracefulInterrupt(TrainerCallback):

@@ -3,6 +3,8 @@
 Edit the constants below and run:      python train.py
 Override a constant for one run:       python train.py --EVAL_STEPS=500 --OUTPUT_DIR=runs/b
 Try it on the bundled demo (CPU):      python train.py --demo
+Check the plan without training:        python train.py --check   (also with --demo and overrides)
+Redraw the curves of a run:             python train.py --plot runs/demo
 Ctrl+C stops after the current step and saves; running the same command again resumes.
 """
 
@@ -42,6 +44,7 @@ DATALOADER_WORKERS = 0  # background processes preparing batches; 0 = in the tra
 OUTPUT_DIR = "runs/domainfocus"  # checkpoints, best/, latest/, metrics.jsonl, train.log
 RESUME = "auto"  # "auto" = newest complete checkpoint in OUTPUT_DIR; a checkpoint path; None = fresh
 OVERWRITE_OUTPUT_DIR = False  # with RESUME=None: True clears an earlier run's outputs first
+TENSORBOARD = False  # True: also log to OUTPUT_DIR/tensorboard, local only (needs: pip install tensorboard)
 SEED = 42  # random seed for initialisation, sampling and dropout
 
 # The embedded demo: a tiny T5 built on this machine and the bundled data, about 3 minutes on CPU.
@@ -56,17 +59,20 @@ DEMO = dict(
 )
 
 import difflib
+import importlib.util
 import json
 import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import sys
-import tempfile
+import time
 
-TINY_MODEL = "tiny-local-t5"
+from modeling import TINY_MODEL
+
 CHOICES = {
     "PRECISION": ("auto", "bf16", "fp32", "fp16"),
     "OPTIMIZER": ("adafactor", "adamw_torch"),
@@ -110,16 +116,16 @@ def parse_value(name, text, default):
 def parse_arguments(argv, config):
     """Apply `--demo` and then every `--NAME=value` to `config`; returns (config, flags)."""
     config = dict(config)
-    flags = set()
-    if "--demo" in argv:
+    flags = {argument[2:] for argument in argv if argument in ("--demo", "--check")}
+    if "demo" in flags:
         config.update(DEMO)
-        flags.add("demo")
     for argument in argv:
-        if argument == "--demo":
+        if argument in ("--demo", "--check"):
             continue
         match = re.fullmatch(r"--([A-Za-z0-9_]+)=(.*)", argument, flags=re.S)
         if not match:
-            raise ConfigError(f"{argument!r}: arguments look like --NAME=value (for example --EVAL_STEPS=500) or --demo.")
+            raise ConfigError(f"{argument!r}: arguments look like --NAME=value (for example --EVAL_STEPS=500), "
+                              "--demo, --check or --plot OUTPUT_DIR.")
         name, text = match.groups()
         if name not in config:
             close = difflib.get_close_matches(name.upper(), list(config), n=1, cutoff=0.5)
@@ -161,6 +167,8 @@ def check_config(config):
                           "span_accuracy, char_accuracy or exact_match.")
     if metric in GENERATION_METRICS and config["GEN_EVAL_SAMPLES"] == 0:
         raise ConfigError(f"METRIC_FOR_BEST_MODEL={metric} needs generation: set GEN_EVAL_SAMPLES above 0.")
+    if config["TENSORBOARD"] and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("TENSORBOARD=True needs the tensorboard package: pip install tensorboard.")
     if os.path.isfile(config["OUTPUT_DIR"]):
         raise ConfigError(f"OUTPUT_DIR={config['OUTPUT_DIR']} is a file: choose a folder path.")
     model = config["MODEL_NAME_OR_PATH"]
@@ -210,67 +218,20 @@ def find_checkpoint(config):
                 return path
             logger.warning("Skipping %s: it is incomplete (interrupted while saving).", path)
         return None
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        if not config["OVERWRITE_OUTPUT_DIR"]:
-            raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "
-                              "choose another OUTPUT_DIR, or add --OVERWRITE_OUTPUT_DIR=True to start over.")
-        for name in os.listdir(output_dir):
-            if name.startswith(PREFIX_CHECKPOINT_DIR) or name in OUTPUT_FILES:
-                path = os.path.join(output_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not config["OVERWRITE_OUTPUT_DIR"]:
+        raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "
+                          "choose another OUTPUT_DIR, or add --OVERWRITE_OUTPUT_DIR=True to start over.")
     return None
 
 
-def build_tiny_t5(train_file, input_column, target_column, seed):
-    """A tiny T5 built on this machine: SentencePiece trained on the training text, small config.
+def clear_previous_run(output_dir):
+    """RESUME=None with OVERWRITE_OUTPUT_DIR: remove an earlier run's outputs, nothing else."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    Used by --demo and the tests, so that nothing is downloaded. The tokenizer follows T5's
-    layout (pad 0, eos 1, unk 2, 100 sentinels at the end of the vocabulary).
-    """
-    import sentencepiece
-    import torch
-    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
-
-    from spans import SENTINEL
-
-    def sentences():
-        with open(train_file, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    example = json.loads(line)
-                    for column in (input_column, target_column):
-                        yield SENTINEL.sub(" ", example[column])
-
-    with tempfile.TemporaryDirectory() as folder:
-        with open(os.path.join(folder, "spiece.model"), "wb") as model_file:
-            sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=sentences(), model_writer=model_file, vocab_size=1000, hard_vocab_limit=False,
-                model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                # Short pieces, as in mT5's vocabulary: repetitive demo text would otherwise merge
-                # a whole phrase, term included, into one token and hide the term from the model.
-                max_sentencepiece_length=4, num_threads=1, minloglevel=2,
-            )
-        tokenizer = T5Tokenizer.from_pretrained(folder)
-    torch.manual_seed(seed)
-    config = T5Config(vocab_size=len(tokenizer), d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4,
-                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
-    return tokenizer, T5ForConditionalGeneration(config)
-
-
-def load_model(config, checkpoint):
-    """Tokenizer and model from MODEL_NAME_OR_PATH (or, for the tiny demo model, its checkpoint)."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    name = config["MODEL_NAME_OR_PATH"]
-    if name == TINY_MODEL and checkpoint:
-        name = checkpoint
-    elif name == TINY_MODEL:
-        return build_tiny_t5(config["TRAIN_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"])
-    local = os.path.isdir(name)  # a local folder never touches the network
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
-    model = AutoModelForSeq2SeqLM.from_pretrained(name, local_files_only=local, use_safetensors=True)
-    return tokenizer, model
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith(PREFIX_CHECKPOINT_DIR) or name in OUTPUT_FILES or name == "tensorboard":
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def training_arguments(config, precision_flags):
@@ -303,7 +264,7 @@ def training_arguments(config, precision_flags):
         dataloader_num_workers=config["DATALOADER_WORKERS"],
         dataloader_pin_memory=on_gpu,
         seed=config["SEED"],
-        report_to="none",  # privacy: nothing leaves the machine
+        report_to=["tensorboard"] if config["TENSORBOARD"] else "none",  # local files only, no telemetry
         disable_tqdm=True,  # SafeDetailedProgressCallback prints the progress
         logging_nan_inf_filter=False,  # a NaN loss must show, not be replaced by an average
         predict_with_generate=False,
@@ -311,74 +272,11 @@ def training_arguments(config, precision_flags):
     )
 
 
-def nothing_left_to_train(checkpoint, trainer, patience):
-    """Why resuming `checkpoint` would train nothing (schedule done or stopped early), else None.
+class TqdmLineHandler(logging.Handler):
+    def emit(self, record):
+        from tqdm.auto import tqdm
 
-    Without this check the Trainer runs one step past the end of a finished schedule, and an
-    early-stopped run trains until its next evaluation only to stop again.
-    """
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
-        state = json.load(handle)
-    max_steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
-    if state["global_step"] >= max_steps:
-        return (f"{checkpoint} already reached step {state['global_step']} of {max_steps}; "
-                "raise MAX_STEPS or NUM_EPOCHS to train further.")
-    early_stopping = state.get("stateful_callbacks", {}).get("DelayedEarlyStopping", {}).get("attributes", {})
-    if early_stopping.get("patience_counter", 0) >= patience:
-        return (f"{checkpoint} was stopped early after {early_stopping['patience_counter']} evaluations without "
-                "improvement; raise EARLY_STOPPING_PATIENCE to continue it.")
-    return None
-
-
-def make_trainer_class():
-    from transformers import Seq2SeqTrainer
-
-    from restore import generate
-    from spans import restoration_metrics
-
-    class DomainFocusTrainer(Seq2SeqTrainer):
-        """Seq2SeqTrainer that adds restoration metrics on a fixed validation subset.
-
-        eval_loss covers the whole validation set; greedy generation, which costs far more per
-        example, runs on `generation_examples` only, so evaluation stays a small share of a run.
-        """
-
-        def __init__(self, *args, generation_examples=(), max_input_length=512, max_new_tokens=256, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.generation_examples = generation_examples
-            self.max_input_length = max_input_length
-            self.max_new_tokens = max_new_tokens
-
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                            metric_key_prefix="eval"):
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                             metric_key_prefix)
-            if metric_key_prefix == "eval" and self.generation_examples:
-                inputs, targets = zip(*self.generation_examples)
-                predictions = generate(self.accelerator.unwrap_model(self.model), self.processing_class,
-                                       list(inputs), self.args.per_device_eval_batch_size, self.max_input_length,
-                                       self.max_new_tokens)
-                for name, value in restoration_metrics(predictions, list(targets)).items():
-                    output.metrics[f"eval_{name}"] = value
-            return output
-
-        # The Trainer drops unused columns before it builds the length-grouped sampler, which
-        # throws away the precomputed "length" column and makes it re-measure every example at
-        # start-up; the sampler gets the full data set here, the data loader still the pruned one.
-        def _get_train_sampler(self, train_dataset=None):
-            return super()._get_train_sampler(self.train_dataset)
-
-    return DomainFocusTrainer
-
-
-def model_saver(model, tokenizer):
-    """best/ and latest/ hold only what from_pretrained needs: safetensors weights, config, tokenizer."""
-
-    def save(folder):
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return save
+        tqdm.write(self.format(record), file=sys.stdout)
 
 
 def setup_logging(output_dir):
@@ -386,7 +284,8 @@ def setup_logging(output_dir):
     from transformers.utils import logging as transformers_logging
 
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    # In a terminal the lines are written above the live progress bar; in a file, plainly.
+    console = TqdmLineHandler() if sys.stdout.isatty() else logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     handlers = [console]
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
@@ -400,6 +299,11 @@ def setup_logging(output_dir):
     logger.propagate = False
     transformers_logging.set_verbosity_warning()
     transformers_logging.disable_progress_bar()  # "Writing model shards" bars would clutter the log
+
+
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def write_json_atomically(path, payload):
@@ -427,7 +331,9 @@ def run_record(config, flags, checkpoint, counts, world_size):
     }
 
 
-def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest):
+def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds):
+    from callbacks import format_duration
+
     state = trainer.state
     if interrupt.signal_number:
         reason = f"interrupted by {signal.Signals(interrupt.signal_number).name}"
@@ -435,8 +341,8 @@ def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_
         reason = early_stopping.stop_reason
     else:
         reason = f"finished the schedule ({state.max_steps} steps)"
-    logger.info("Summary: %d steps this run (%d in total); stopped: %s.", state.global_step - start_step,
-                state.global_step, reason)
+    logger.info("Summary: %d steps this run (%d in total) in %s; stopped: %s.", state.global_step - start_step,
+                state.global_step, format_duration(seconds), reason)
     if state.best_global_step:
         logger.info("Best %s %.4f at step %d -> %s", trainer.args.metric_for_best_model, state.best_metric,
                     state.best_global_step, os.path.join(output_dir, "best"))
@@ -444,14 +350,20 @@ def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_
         logger.info("No evaluation has run yet, so there is no best/ model; latest/ holds the current weights.")
     if saved_latest:
         logger.info("Latest weights (step %d) -> %s", state.global_step, os.path.join(output_dir, "latest"))
-    logger.info("Checkpoints, metrics.jsonl, train.log and run_config.json are in %s; "
-                "run the same command again to resume.", output_dir)
+    logger.info("Curves: %s; checkpoints, metrics.jsonl, train.log and run_config.json are in %s.",
+                os.path.join(output_dir, "training_curves.png"), output_dir)
+    logger.info("Resume: %s", shlex.join(["python", "train.py", *sys.argv[1:]]))
+    if state.best_global_step:
+        logger.info("Use: python restore.py --model %s --input damaged.txt --output restored.jsonl",
+                    shlex.quote(os.path.join(output_dir, "best")))
 
 
 def main(argv):
     from callbacks import GracefulInterrupt
     from data import check_jsonl
 
+    if argv[:1] == ["--plot"]:
+        return plot_only(argv[1:])
     # 1. Constants, command line, and every check that needs neither data nor a model.
     config, flags = parse_arguments(argv, default_config())
     check_config(config)
@@ -461,30 +373,78 @@ def main(argv):
     for split, constant in (("train", "TRAIN_FILE"), ("validation", "VALID_FILE")):
         check_jsonl(files[split], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
     checkpoint = find_checkpoint(config)
+    if "check" in flags:
+        return check_plan(config, checkpoint)
     output_dir = config["OUTPUT_DIR"]
     setup_logging(output_dir)
     logger.info("Resuming from %s." % checkpoint if checkpoint else "Starting a fresh run in %s." % output_dir)
     return train(config, flags, checkpoint, interrupt)
 
 
+def plot_only(arguments):
+    """--plot OUTPUT_DIR: redraw training_curves.png from metrics.jsonl, without training."""
+    from report import plot_run
+
+    if len(arguments) != 1 or not os.path.isfile(os.path.join(arguments[0], "metrics.jsonl")):
+        raise ConfigError("--plot needs one OUTPUT_DIR that holds a metrics.jsonl, e.g. --plot runs/demo.")
+    output_dir = arguments[0]
+    constants = {}
+    if os.path.isfile(os.path.join(output_dir, "run_config.json")):
+        with open(os.path.join(output_dir, "run_config.json"), encoding="utf-8") as handle:
+            constants = json.load(handle).get("constants", {})
+    metric = metric_for_best_model({"METRIC_FOR_BEST_MODEL": constants.get("METRIC_FOR_BEST_MODEL", "eval_loss")})
+    print(plot_run(output_dir, constants.get("EARLY_STOPPING_START_STEP"), metric))
+    return 0
+
+
+def check_plan(config, checkpoint):
+    """--check: tokenize the data and print what the run would do; exit 0 when everything is ready."""
+    from data import load_tokenized, report_truncation
+    from modeling import load_model
+    from report import plan_text, schedule, static_memory
+
+    setup_logging(None)
+    choose_precision(config["PRECISION"])
+    tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
+                                  config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"], weights=False)
+    files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
+    _, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
+                               config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = schedule(counts["train"][0], config, world_size)
+    print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint))
+    print("Ready: run the same command without --check to train.")
+    return 0
+
+
 def train(config, flags, checkpoint, interrupt):
     import torch
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from callbacks import (BestModelCallback, DelayedEarlyStopping, MetricsFileCallback,
-                           SafeDetailedProgressCallback, recover_interrupted_saves, save_atomically)
+    from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
+                           MetricsFileCallback, SafeDetailedProgressCallback, recover_interrupted_saves,
+                           save_atomically)
     from data import load_tokenized, read_examples, report_truncation
+    from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train
+    from report import model_card, plot_run
 
     output_dir = config["OUTPUT_DIR"]
+    started = time.monotonic()
+    if config["RESUME"] is None:
+        clear_previous_run(output_dir)
     recover_interrupted_saves(output_dir)
     # 2. Model and data: the tokenizer decides the tokens, so it comes first.
     precision_flags = choose_precision(config["PRECISION"])
     set_seed(config["SEED"])
-    tokenizer, model = load_model(config, checkpoint)
+    tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
+                                  config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"])
     files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
     datasets_by_split, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                                config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
     args = training_arguments(config, precision_flags)
     # 3. Trainer and the DomainFocus callbacks.
     early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
@@ -497,14 +457,18 @@ def train(config, flags, checkpoint, interrupt):
         generation_examples=read_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
         max_input_length=config["MAX_INPUT_LENGTH"], max_new_tokens=config["MAX_TARGET_LENGTH"],
-        callbacks=[SafeDetailedProgressCallback(), early_stopping,
-                   MetricsFileCallback(os.path.join(output_dir, "metrics.jsonl")), interrupt],
+        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping,
+                   MetricsFileCallback(os.path.join(output_dir, "metrics.jsonl")), interrupt,
+                   CurvesCallback(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)],
     )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     save_model = model_saver(trainer.model, tokenizer)
-    trainer.add_callback(BestModelCallback(os.path.join(output_dir, "best"), save_model))
+    trainer.add_callback(BestModelCallback(
+        os.path.join(output_dir, "best"), save_model,
+        write_card=lambda folder, step, metrics: write_text(os.path.join(folder, "README.md"),
+                                                            model_card(config, counts, step, metrics))))
     if args.should_save:
         write_json_atomically(os.path.join(output_dir, "run_config.json"),
                               run_record(config, flags, checkpoint, counts, args.world_size))
@@ -523,8 +487,10 @@ def train(config, flags, checkpoint, interrupt):
     if args.should_save:
         save_atomically(save_model, os.path.join(output_dir, "latest"))
         saved_latest = True
+    if args.should_save and os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
+        plot_run(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)
     start_step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and re.search(r"-\d+$", checkpoint) else 0
-    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest)
+    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, time.monotonic() - started)
     return interrupt.exit_code
 
 

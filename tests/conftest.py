@@ -40,7 +40,7 @@ def tiny_run_arguments(small_data, output_dir, **overrides):
     train_file, valid_file = small_data
     settings = dict(TRAIN_FILE=train_file, VALID_FILE=valid_file, OUTPUT_DIR=output_dir, PER_DEVICE_BATCH_SIZE=8,
                     MAX_STEPS=20, EVAL_STEPS=10, SAVE_STEPS=10, LOGGING_STEPS=5, WARMUP_STEPS=2,
-                    EARLY_STOPPING_START_STEP=0)
+                    EARLY_STOPPING_START_STEP=0, GEN_EVAL_SAMPLES=16)
     settings.update(overrides)
     return ["--demo"] + [f"--{name}={value}" for name, value in settings.items()]
 

@@ -18,23 +18,26 @@ def restore(hf_home, *arguments):
 def test_jsonl_with_targets_is_restored_and_scored_like_the_training_evaluation(finished_run, small_data,
                                                                                   tmp_path, hf_home):
     output_dir, _ = finished_run
-    result = restore(hf_home, "--model", output_dir / "latest", "--input", small_data[1], "--output",
+    # The same examples that the training run scored at each evaluation (GEN_EVAL_SAMPLES=16).
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text("\n".join(small_data[1].read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8")
+    result = restore(hf_home, "--model", output_dir / "latest", "--input", subset, "--output",
                      tmp_path / "restored.jsonl")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "restored.jsonl").read_text().splitlines()]
-    originals = [json.loads(line) for line in small_data[1].read_text().splitlines()]
-    assert len(records) == len(originals) == 60
+    originals = [json.loads(line) for line in subset.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == len(originals) == 16
     for record, original in zip(records, originals):
         assert record["inputs"] == original["inputs"] and record["targets"] == original["targets"]
         assert record["restored"] == fill_spans(record["inputs"], parse_spans(record["prediction"]))
         assert not SENTINEL.search(record["restored"])
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    # The training run scored the same 60 examples with the same greedy decoding at step 20.
+    # The training run scored these examples with the same greedy decoding at step 20.
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     at_end = [entry for entry in logged if entry.get("step") == 20 and "eval_span_accuracy" in entry][-1]
     for name in ("span_accuracy", "char_accuracy", "exact_match"):
         assert metrics[name] == pytest.approx(at_end[f"eval_{name}"], abs=1e-4)
-    assert metrics["examples"] == 60
+    assert metrics["examples"] == 16
 
 
 def test_text_with_mask_markers_including_more_than_100_in_a_line(finished_run, tmp_path, hf_home):

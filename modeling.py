@@ -1,0 +1,138 @@
+"""Models for train.py: loading (hub name, local folder, or the tiny T5 built locally for the demo
+and the tests), the Trainer subclass with restoration metrics, and saving best/ and latest/.
+"""
+
+import json
+import os
+import tempfile
+
+TINY_MODEL = "tiny-local-t5"
+
+
+def build_tiny_t5(train_file, input_column, target_column, seed):
+    """A tiny T5 built on this machine: SentencePiece trained on the training text, small config.
+
+    Used by --demo and the tests, so that nothing is downloaded. The tokenizer follows T5's
+    layout (pad 0, eos 1, unk 2, 100 sentinels at the end of the vocabulary).
+    """
+    import sentencepiece
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    from spans import SENTINEL
+
+    def sentences():
+        with open(train_file, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    example = json.loads(line)
+                    for column in (input_column, target_column):
+                        yield SENTINEL.sub(" ", example[column])
+
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "spiece.model"), "wb") as model_file:
+            sentencepiece.SentencePieceTrainer.train(
+                sentence_iterator=sentences(), model_writer=model_file, vocab_size=1000, hard_vocab_limit=False,
+                model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                # Short pieces, as in mT5's vocabulary: repetitive demo text would otherwise merge
+                # a whole phrase, term included, into one token and hide the term from the model.
+                max_sentencepiece_length=4, num_threads=1, minloglevel=2,
+            )
+        tokenizer = T5Tokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(tokenizer), d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4,
+                      decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id)
+    return tokenizer, T5ForConditionalGeneration(config)
+
+
+def load_model(name, checkpoint, train_file, input_column, target_column, seed, weights=True):
+    """Tokenizer and model from a hub name or folder; TINY_MODEL builds (or, resuming, reloads) the tiny T5.
+
+    weights=False gives the model's shapes only (on the meta device, no memory, no weights read),
+    enough to plan memory.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if name == TINY_MODEL and checkpoint:
+        name = checkpoint
+    elif name == TINY_MODEL:
+        return build_tiny_t5(train_file, input_column, target_column, seed)
+    local = os.path.isdir(name)  # a local folder never touches the network
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
+    if not weights:
+        with torch.device("meta"):
+            return tokenizer, AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(name, local_files_only=local))
+    model = AutoModelForSeq2SeqLM.from_pretrained(name, local_files_only=local, use_safetensors=True)
+    return tokenizer, model
+
+
+def nothing_left_to_train(checkpoint, trainer, patience):
+    """Why resuming `checkpoint` would train nothing (schedule done or stopped early), else None.
+
+    Without this check the Trainer runs one step past the end of a finished schedule, and an
+    early-stopped run trains until its next evaluation only to stop again.
+    """
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    max_steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+    if state["global_step"] >= max_steps:
+        return (f"{checkpoint} already reached step {state['global_step']} of {max_steps}; "
+                "raise MAX_STEPS or NUM_EPOCHS to train further.")
+    early_stopping = state.get("stateful_callbacks", {}).get("DelayedEarlyStopping", {}).get("attributes", {})
+    if early_stopping.get("patience_counter", 0) >= patience:
+        return (f"{checkpoint} was stopped early after {early_stopping['patience_counter']} evaluations without "
+                "improvement; raise EARLY_STOPPING_PATIENCE to continue it.")
+    return None
+
+
+def make_trainer_class():
+    from transformers import Seq2SeqTrainer
+
+    from restore import generate
+    from spans import restoration_metrics
+
+    class DomainFocusTrainer(Seq2SeqTrainer):
+        """Seq2SeqTrainer that adds restoration metrics on a fixed validation subset.
+
+        eval_loss covers the whole validation set; greedy generation, which costs far more per
+        example, runs on `generation_examples` only, so evaluation stays a small share of a run.
+        """
+
+        def __init__(self, *args, generation_examples=(), max_input_length=512, max_new_tokens=256, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.generation_examples = generation_examples
+            self.max_input_length = max_input_length
+            self.max_new_tokens = max_new_tokens
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            if metric_key_prefix == "eval" and self.generation_examples:
+                inputs, targets = zip(*self.generation_examples)
+                predictions = generate(self.accelerator.unwrap_model(self.model), self.processing_class,
+                                       list(inputs), self.args.per_device_eval_batch_size, self.max_input_length,
+                                       self.max_new_tokens)
+                for name, value in restoration_metrics(predictions, list(targets)).items():
+                    output.metrics[f"eval_{name}"] = value
+            return output
+
+        # The Trainer drops unused columns before it builds the length-grouped sampler, which
+        # throws away the precomputed "length" column and makes it re-measure every example at
+        # start-up; the sampler gets the full data set here, the data loader still the pruned one.
+        def _get_train_sampler(self, train_dataset=None):
+            return super()._get_train_sampler(self.train_dataset)
+
+    return DomainFocusTrainer
+
+
+def model_saver(model, tokenizer):
+    """best/ and latest/ hold only what from_pretrained needs: safetensors weights, config, tokenizer."""
+
+    def save(folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return save

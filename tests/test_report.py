@@ -1,0 +1,113 @@
+"""What users see: the curves picture, the plan before a run, the model card, the final summary."""
+
+import json
+import re
+import shutil
+import struct
+
+from conftest import tiny_run_arguments
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height, len(data)
+
+
+def test_curves_are_drawn_during_a_run_and_redrawn_by_plot(finished_run, run_train, tmp_path):
+    output, _ = finished_run
+    width, height, size = png_size(output / "training_curves.png")
+    assert 600 <= width <= 2000 and 400 <= height <= 2000 and size > 20_000
+    copy = tmp_path / "interrupted-run"
+    shutil.copytree(output, copy)
+    (copy / "training_curves.png").unlink()
+    result = run_train(["--plot", copy], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert png_size(copy / "training_curves.png")[:2] == (width, height)
+    assert run_train(["--plot", tmp_path / "nothing-here"], timeout=120).returncode == 2
+
+
+def test_model_card_states_the_best_metric_from_metrics_jsonl(finished_run):
+    output, _ = finished_run
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [record for record in records if "eval_loss" in record]
+    best = min(evaluations, key=lambda record: record["eval_loss"])
+    card = (output / "best" / "README.md").read_text(encoding="utf-8")
+    assert f"eval_loss {best['eval_loss']:.4f} at step {best['step']}" in card
+    assert f"| eval_span_accuracy | {best['eval_span_accuracy']:.4f} |" in card
+    assert "python restore.py --model" in card and "tiny-local-t5" in card
+
+
+def test_summary_tells_how_to_resume_and_use_the_model(finished_run):
+    _, result = finished_run
+    assert "Resume: python train.py --demo" in result.stdout
+    assert "Use: python restore.py --model" in result.stdout
+
+
+def test_check_prints_the_plan_and_writes_nothing(run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=200, EVAL_STEPS=10, SAVE_STEPS=20,
+                                          EARLY_STOPPING_START_STEP=45, EARLY_STOPPING_PATIENCE=4) + ["--check"],
+                       timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 300 examples, batch 8 -> 38 steps per epoch; evaluations every 10 steps; the first counted
+    # evaluation is at step 50, so patience 4 can stop the run at step 90 at the earliest.
+    assert "38 optimizer steps per epoch, 200 in total" in result.stdout
+    assert "20 evaluations (every 10 steps), 10 checkpoints (every 20 steps)" in result.stdout
+    assert "can first stop the run at step 90" in result.stdout
+    assert "train      300 examples; truncated: 0 inputs, 0 targets" in result.stdout
+    assert "for weights, gradients and adafactor state" not in result.stdout  # the demo uses AdamW
+    assert "adamw_torch state" in result.stdout and "Ready" in result.stdout
+    assert not output.exists()
+
+
+def test_check_names_the_problem_with_bad_data(run_train, tmp_path, small_data):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"inputs": "x"}\n', encoding="utf-8")
+    result = run_train(tiny_run_arguments((bad, small_data[1]), tmp_path / "out") + ["--check"], timeout=120)
+    assert result.returncode == 2
+    assert f'{bad}:1: no "targets" field' in result.stderr
+
+
+def test_tensorboard_logs_locally_when_switched_on(run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=5, EVAL_STEPS=5, SAVE_STEPS=5,
+                                          TENSORBOARD=True))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((output / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_live_bar_in_a_terminal_clean_lines_in_the_log(tmp_path, small_data, hf_home):
+    import fcntl
+    import os
+    import pty
+    import termios
+    import subprocess
+    import sys
+
+    from conftest import ROOT, offline_environment
+
+    output = tmp_path / "out"
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))  # a terminal window's size
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"),
+                                *tiny_run_arguments(small_data, output, MAX_STEPS=10, EVAL_STEPS=10, SAVE_STEPS=10)],
+                               cwd=ROOT, stdout=follower, stderr=follower, env=offline_environment(hf_home))
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert process.wait(timeout=300) == 0
+    os.close(leader)
+    text = screen.decode("utf-8", errors="replace")
+    assert re.search(r"\r.*\d+/10 \[", text), "a live progress bar in the terminal"
+    assert "step 10/10 (100.0%)" in text
+    log = (output / "train.log").read_text(encoding="utf-8")
+    assert "step 10/10 (100.0%)" in log and "\r" not in log and "it/s" not in log and "step/s" not in log
