@@ -130,7 +130,8 @@ def tokenizer_fingerprint(tokenizer):
 def load_tokenized(files, tokenizer, input_column, target_column, max_input_length, max_target_length):
     """Load {split: path} JSON Lines files and tokenize them, reusing the cache of an earlier start.
 
-    Returns ({split: Dataset}, {split: (examples, inputs truncated, targets truncated)}).
+    Returns ({split: Dataset}, {split: {examples, inputs_truncated, targets_truncated, input_tokens,
+    target_tokens}}) -- the counts after truncation.
     The cache lives beside the datasets cache of the raw file and is keyed by the file's own
     fingerprint, the tokenizer and the limits, so any change to one of them tokenizes again.
     """
@@ -148,14 +149,17 @@ def load_tokenized(files, tokenizer, input_column, target_column, max_input_leng
             new_fingerprint=hashlib.sha256(key.encode("utf-8")).hexdigest()[:32],
             desc=f"Tokenizing {split}",
         )
-        counts[split] = (len(mapped), sum(mapped["input_truncated"]), sum(mapped["target_truncated"]))
+        counts[split] = {"examples": len(mapped), "inputs_truncated": sum(mapped["input_truncated"]),
+                         "targets_truncated": sum(mapped["target_truncated"]), "input_tokens": sum(mapped["length"]),
+                         "target_tokens": sum(len(labels) for labels in mapped["labels"])}
         tokenized[split] = mapped.remove_columns(["input_truncated", "target_truncated"])
     return tokenized, counts
 
 
 def report_truncation(counts, files, max_input_length, max_target_length):
     """Log how many examples were cut; refuse a split where every input was cut."""
-    for split, (examples, inputs_cut, targets_cut) in counts.items():
+    for split, count in counts.items():
+        examples, inputs_cut, targets_cut = count["examples"], count["inputs_truncated"], count["targets_truncated"]
         if inputs_cut == examples:
             raise DataError(f"{files[split]}: every input is longer than MAX_INPUT_LENGTH={max_input_length} tokens; "
                             "raise MAX_INPUT_LENGTH or split the texts into shorter examples.")

@@ -128,8 +128,10 @@ def gigabytes(count):
 
 def plan_text(config, counts, plan, memory, checkpoint):
     lines = ["Plan (nothing is trained or written by --check):"]
-    for split, (examples, inputs_cut, targets_cut) in counts.items():
-        lines.append(f"  {split:<10} {examples:,} examples; truncated: {inputs_cut:,} inputs, {targets_cut:,} targets")
+    for split, count in counts.items():
+        lines.append(f"  {split:<10} {count['examples']:,} examples, {count['input_tokens']:,} input and "
+                     f"{count['target_tokens']:,} target tokens; truncated: {count['inputs_truncated']:,} inputs, "
+                     f"{count['targets_truncated']:,} targets")
     lines += [
         f"  schedule   {plan['steps_per_epoch']:,} optimizer steps per epoch, {plan['total_steps']:,} in total "
         f"(effective batch {config['PER_DEVICE_BATCH_SIZE'] * config['GRADIENT_ACCUMULATION_STEPS']})",
@@ -150,7 +152,9 @@ def plan_text(config, counts, plan, memory, checkpoint):
 
 def model_card(config, counts, step, metrics):
     """best/README.md: what the model is, how it was trained, how well it restores, how to use it."""
-    examples = "\n".join(f"| {split} | {n:,} | {cut_in:,} | {cut_out:,} |" for split, (n, cut_in, cut_out) in counts.items())
+    examples = "\n".join(f"| {split} | {count['examples']:,} | {count['input_tokens'] + count['target_tokens']:,} | "
+                         f"{count['inputs_truncated']:,} | {count['targets_truncated']:,} |"
+                         for split, count in counts.items())
     results = "\n".join(f"| {name} | {value:.4f} |" for name, value in metrics.items()
                          if isinstance(value, float) and not name.endswith(("_runtime", "_per_second")))
     settings = "\n".join(f"| `{name}` | `{config[name]}` |" for name in (
@@ -179,8 +183,8 @@ restoration metrics come from greedy generation on the first {config['GEN_EVAL_S
 
 ## Data
 
-| split | examples | inputs truncated | targets truncated |
-| --- | --- | --- | --- |
+| split | examples | tokens | inputs truncated | targets truncated |
+| --- | --- | --- | --- | --- |
 {examples}
 
 ## Settings

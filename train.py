@@ -323,8 +323,7 @@ def run_record(config, flags, checkpoint, counts, world_size):
         "flags": sorted(flags),
         "resumed_from": checkpoint,
         "effective_batch_size": config["PER_DEVICE_BATCH_SIZE"] * config["GRADIENT_ACCUMULATION_STEPS"] * world_size,
-        "examples": {split: {"examples": n, "inputs_truncated": cut_in, "targets_truncated": cut_out}
-                     for split, (n, cut_in, cut_out) in counts.items()},
+        "examples": counts,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "datasets": datasets.__version__},
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -412,7 +411,7 @@ def check_plan(config, checkpoint):
                                config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = schedule(counts["train"][0], config, world_size)
+    plan = schedule(counts["train"]["examples"], config, world_size)
     print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint))
     print("Ready: run the same command without --check to train.")
     return 0
@@ -473,7 +472,7 @@ def train(config, flags, checkpoint, interrupt):
         write_json_atomically(os.path.join(output_dir, "run_config.json"),
                               run_record(config, flags, checkpoint, counts, args.world_size))
     logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
-                config["MODEL_NAME_OR_PATH"], counts["train"][0], counts["validation"][0],
+                config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
                 args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
                 "GPU" if torch.cuda.is_available() else "CPU")
     nothing_left = checkpoint and nothing_left_to_train(checkpoint, trainer, config["EARLY_STOPPING_PATIENCE"])
