@@ -14,7 +14,6 @@ and no private text is needed.
 import argparse
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile

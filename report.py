@@ -7,8 +7,15 @@
 """
 
 import json
+import logging
 import math
 import os
+import platform
+import shlex
+import signal
+import sys
+
+logger = logging.getLogger("domainfocus")
 
 GENERATION_METRICS = ("eval_span_accuracy", "eval_char_accuracy", "eval_exact_match")
 
@@ -209,3 +216,49 @@ print(tokenizer.decode(model.generate(**batch, max_new_tokens=32)[0], skip_speci
 
 Trained locally; the training data never left the machine.
 """
+
+
+def run_record(config, flags, checkpoint, counts, world_size):
+    """run_config.json: every constant, the effective batch, data counts and library versions."""
+    import datasets
+    import torch
+    import transformers
+
+    return {
+        "constants": config,
+        "flags": sorted(flags),
+        "resumed_from": checkpoint,
+        "effective_batch_size": config["PER_DEVICE_BATCH_SIZE"] * config["GRADIENT_ACCUMULATION_STEPS"] * world_size,
+        "examples": counts,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "datasets": datasets.__version__},
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    }
+
+
+def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds):
+    """The closing lines of every run: what happened, where everything is, how to go on."""
+    from callbacks import format_duration
+
+    state = trainer.state
+    if interrupt.signal_number:
+        reason = f"interrupted by {signal.Signals(interrupt.signal_number).name}"
+    elif early_stopping.stop_reason:
+        reason = early_stopping.stop_reason
+    else:
+        reason = f"finished the schedule ({state.max_steps} steps)"
+    logger.info("Summary: %d steps this run (%d in total) in %s; stopped: %s.", state.global_step - start_step,
+                state.global_step, format_duration(seconds), reason)
+    if state.best_global_step:
+        logger.info("Best %s %.4f at step %d -> %s", trainer.args.metric_for_best_model, state.best_metric,
+                    state.best_global_step, os.path.join(output_dir, "best"))
+    else:
+        logger.info("No evaluation has run yet, so there is no best/ model; latest/ holds the current weights.")
+    if saved_latest:
+        logger.info("Latest weights (step %d) -> %s", state.global_step, os.path.join(output_dir, "latest"))
+    logger.info("Curves: %s; checkpoints, metrics.jsonl, train.log and run_config.json are in %s.",
+                os.path.join(output_dir, "training_curves.png"), output_dir)
+    logger.info("Resume: %s", shlex.join(["python", "train.py", *sys.argv[1:]]))
+    if state.best_global_step:
+        logger.info("Use: python restore.py --model %s --input damaged.txt --output restored.jsonl",
+                    shlex.quote(os.path.join(output_dir, "best")))

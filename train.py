@@ -63,9 +63,7 @@ import importlib.util
 import json
 import logging
 import os
-import platform
 import re
-import shlex
 import shutil
 import signal
 import sys
@@ -313,50 +311,6 @@ def write_json_atomically(path, payload):
     os.replace(temporary, path)
 
 
-def run_record(config, flags, checkpoint, counts, world_size):
-    import datasets
-    import torch
-    import transformers
-
-    return {
-        "constants": config,
-        "flags": sorted(flags),
-        "resumed_from": checkpoint,
-        "effective_batch_size": config["PER_DEVICE_BATCH_SIZE"] * config["GRADIENT_ACCUMULATION_STEPS"] * world_size,
-        "examples": counts,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "datasets": datasets.__version__},
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-    }
-
-
-def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds):
-    from callbacks import format_duration
-
-    state = trainer.state
-    if interrupt.signal_number:
-        reason = f"interrupted by {signal.Signals(interrupt.signal_number).name}"
-    elif early_stopping.stop_reason:
-        reason = early_stopping.stop_reason
-    else:
-        reason = f"finished the schedule ({state.max_steps} steps)"
-    logger.info("Summary: %d steps this run (%d in total) in %s; stopped: %s.", state.global_step - start_step,
-                state.global_step, format_duration(seconds), reason)
-    if state.best_global_step:
-        logger.info("Best %s %.4f at step %d -> %s", trainer.args.metric_for_best_model, state.best_metric,
-                    state.best_global_step, os.path.join(output_dir, "best"))
-    else:
-        logger.info("No evaluation has run yet, so there is no best/ model; latest/ holds the current weights.")
-    if saved_latest:
-        logger.info("Latest weights (step %d) -> %s", state.global_step, os.path.join(output_dir, "latest"))
-    logger.info("Curves: %s; checkpoints, metrics.jsonl, train.log and run_config.json are in %s.",
-                os.path.join(output_dir, "training_curves.png"), output_dir)
-    logger.info("Resume: %s", shlex.join(["python", "train.py", *sys.argv[1:]]))
-    if state.best_global_step:
-        logger.info("Use: python restore.py --model %s --input damaged.txt --output restored.jsonl",
-                    shlex.quote(os.path.join(output_dir, "best")))
-
-
 def main(argv):
     from callbacks import GracefulInterrupt
     from data import check_jsonl
@@ -426,7 +380,7 @@ def train(config, flags, checkpoint, interrupt):
                            save_atomically)
     from data import load_tokenized, read_examples, report_truncation
     from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train
-    from report import model_card, plot_run
+    from report import model_card, plot_run, run_record, summarize
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
