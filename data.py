@@ -85,7 +85,7 @@ def check_jsonl(path, input_column, target_column, constant):
     return count
 
 
-def read_examples(path, input_column, target_column, limit):
+def first_examples(path, input_column, target_column, limit):
     """The first `limit` (inputs, targets) pairs of a file that check_jsonl has accepted."""
     examples = []
     with open(path, encoding="utf-8") as handle:

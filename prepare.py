@@ -169,9 +169,11 @@ class Masker:
         self.noise_rng = random.Random(seed + 2)  # separate, so that noise never changes the masks
 
     def choose_spans(self, text, terms_found):
-        """([(start, end, is_term)] sorted and separated by unmasked characters, characters masked)."""
+        """([(start, end, is_term)] sorted and separated by unmasked characters, characters masked,
+        characters that could be masked)."""
         rng = self.rng
-        budget = self.mask_rate * len(MASKABLE_CHARACTER.findall(text))
+        maskable_characters = len(MASKABLE_CHARACTER.findall(text))
+        budget = self.mask_rate * maskable_characters
         taken = [False] * (len(text) + 1)
         spans, masked = [], 0
 
@@ -204,7 +206,7 @@ class Masker:
             start, end = units[first][0], units[last][1]
             if maskable(text[start:end]) and free(start, end) and not any(in_term[start:end]):
                 take(start, end, False)
-        return sorted(spans), masked
+        return sorted(spans), masked, maskable_characters
 
     def add_noise(self, text):
         """Drop or replace about `noise` of the characters, as OCR damage does."""
@@ -221,16 +223,16 @@ class Masker:
         return "".join(damaged)
 
     def example(self, text):
-        """({"inputs", "targets"}, spans chosen, characters masked, lexicon terms found) for one text."""
+        """({"inputs", "targets"}, spans chosen, (characters masked, maskable), lexicon terms found)."""
         terms_found = self.lexicon.find(text)
-        spans, masked = self.choose_spans(text, terms_found)
+        spans, masked, maskable_characters = self.choose_spans(text, terms_found)
         inputs, position = [], 0
         for index, (start, end, _) in enumerate(spans):
             inputs.append(self.add_noise(text[position:start]) + sentinel(index))
             position = end
         inputs.append(self.add_noise(text[position:]))
         targets = build_targets([text[start:end] for start, end, _ in spans])
-        return {"inputs": "".join(inputs), "targets": targets}, spans, masked, terms_found
+        return {"inputs": "".join(inputs), "targets": targets}, spans, (masked, maskable_characters), terms_found
 
 
 def prepare(options, report=print):
@@ -264,14 +266,14 @@ def prepare(options, report=print):
             stats["documents_valid"] += split == "valid"
             stats["bytes"] += len(document.encode("utf-8"))
             for piece in cut_examples(document, options.max_chars):
-                example, spans, masked, terms_found = masker.example(piece)
+                example, spans, (masked, maskable_characters), terms_found = masker.example(piece)
                 files[split].write(json.dumps(example, ensure_ascii=False) + "\n")
                 stats[f"examples_{split}"] += 1
                 stats["characters"] += len(piece)
                 stats["masked_spans"] += len(spans)
                 stats["term_spans"] += sum(is_term for _, _, is_term in spans)
                 stats["masked_characters"] += masked
-                stats["maskable_characters"] += len(MASKABLE_CHARACTER.findall(piece))
+                stats["maskable_characters"] += maskable_characters
                 terms_seen.update(piece[start:end] for start, end in terms_found)
                 if len(sample) < 2000:
                     sample.append(piece)

@@ -15,9 +15,10 @@ import shlex
 import signal
 import sys
 
+from spans import RESTORATION_METRICS
+
 logger = logging.getLogger("domainfocus")
 
-GENERATION_METRICS = ("eval_span_accuracy", "eval_char_accuracy", "eval_exact_match")
 
 
 def read_metrics(path):
@@ -50,7 +51,7 @@ def plot_run(output_dir, early_stopping_start_step=None, metric="eval_loss"):
     import matplotlib.pyplot as plt
 
     series = read_metrics(os.path.join(output_dir, "metrics.jsonl"))
-    restoration = [name for name in GENERATION_METRICS if name in series]
+    restoration = [name for name in RESTORATION_METRICS if name in series]
     panels = 3 if restoration else 2
     figure, axes = plt.subplots(panels, 1, figsize=(9, 3.2 * panels), sharex=True, constrained_layout=True)
     loss_axis, rate_axis = axes[0], axes[-1]

@@ -70,13 +70,13 @@ import sys
 import time
 
 from modeling import TINY_MODEL
+from spans import RESTORATION_METRICS
 
 CHOICES = {
     "PRECISION": ("auto", "bf16", "fp32", "fp16"),
     "OPTIMIZER": ("adafactor", "adamw_torch"),
 }
 NONE_ALLOWED = {"RESUME"}
-GENERATION_METRICS = ("eval_span_accuracy", "eval_char_accuracy", "eval_exact_match")
 OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png")
 logger = logging.getLogger("domainfocus")
 
@@ -88,7 +88,7 @@ class ConfigError(ValueError):
 def default_config():
     """The constants block above, as a dict: the single source of every setting."""
     return {name: value for name, value in globals().items() if re.fullmatch(r"[A-Z][A-Z0-9_]*", name)
-            and name not in ("DEMO", "TINY_MODEL", "CHOICES", "NONE_ALLOWED", "OUTPUT_FILES", "GENERATION_METRICS")}
+            and name not in ("DEMO", "TINY_MODEL", "CHOICES", "NONE_ALLOWED", "OUTPUT_FILES", "RESTORATION_METRICS")}
 
 
 def parse_value(name, text, default):
@@ -160,10 +160,10 @@ def check_config(config):
         raise ConfigError(f"SAVE_STEPS={config['SAVE_STEPS']} is not a multiple of EVAL_STEPS={config['EVAL_STEPS']}: "
                           "every checkpoint must carry a fresh evaluation; set SAVE_STEPS to a multiple of it.")
     metric = metric_for_best_model(config)
-    if metric not in ("eval_loss", *GENERATION_METRICS):
+    if metric not in ("eval_loss", *RESTORATION_METRICS):
         raise ConfigError(f"METRIC_FOR_BEST_MODEL={config['METRIC_FOR_BEST_MODEL']!r}: choose eval_loss, "
                           "span_accuracy, char_accuracy or exact_match.")
-    if metric in GENERATION_METRICS and config["GEN_EVAL_SAMPLES"] == 0:
+    if metric in RESTORATION_METRICS and config["GEN_EVAL_SAMPLES"] == 0:
         raise ConfigError(f"METRIC_FOR_BEST_MODEL={metric} needs generation: set GEN_EVAL_SAMPLES above 0.")
     if config["TENSORBOARD"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("TENSORBOARD=True needs the tensorboard package: pip install tensorboard.")
@@ -329,6 +329,8 @@ def main(argv):
     if "check" in flags:
         return check_plan(config, checkpoint)
     output_dir = config["OUTPUT_DIR"]
+    if config["RESUME"] is None:
+        clear_previous_run(output_dir)  # before train.log is opened: it belongs to the new run
     setup_logging(output_dir)
     logger.info("Resuming from %s." % checkpoint if checkpoint else "Starting a fresh run in %s." % output_dir)
     return train(config, flags, checkpoint, interrupt)
@@ -378,14 +380,12 @@ def train(config, flags, checkpoint, interrupt):
     from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
                            MetricsFileCallback, SafeDetailedProgressCallback, recover_interrupted_saves,
                            save_atomically)
-    from data import load_tokenized, read_examples, report_truncation
+    from data import first_examples, load_tokenized, report_truncation
     from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train
     from report import model_card, plot_run, run_record, summarize
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
-    if config["RESUME"] is None:
-        clear_previous_run(output_dir)
     recover_interrupted_saves(output_dir)
     # 2. Model and data: the tokenizer decides the tokens, so it comes first.
     precision_flags = choose_precision(config["PRECISION"])
@@ -407,7 +407,7 @@ def train(config, flags, checkpoint, interrupt):
         eval_dataset=datasets_by_split["validation"], processing_class=tokenizer,
         # Labels are padded with -100, so the loss covers real target tokens only.
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        generation_examples=read_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
+        generation_examples=first_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
         max_input_length=config["MAX_INPUT_LENGTH"], max_new_tokens=config["MAX_TARGET_LENGTH"],
         callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping,

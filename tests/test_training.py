@@ -176,3 +176,14 @@ def test_plain_text_pairs_without_sentinels_train_and_score_whole_sequences(run_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_exact_match" in record and "eval_char_accuracy" in record for record in records)
+
+
+def test_overwrite_starts_over_with_a_fresh_log(finished_run, run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    shutil.copytree(finished_run[0], output)
+    result = run_train(tiny_run_arguments(small_data, output, RESUME="None", OVERWRITE_OUTPUT_DIR=True,
+                                          MAX_STEPS=5, EVAL_STEPS=5, SAVE_STEPS=5))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (output / "checkpoint-20").exists() and (output / "checkpoint-5").exists()
+    log = (output / "train.log").read_text(encoding="utf-8")
+    assert "Starting a fresh run" in log.splitlines()[0] and "step 20/20" not in log
