@@ -1,23 +1,47 @@
-"""Benchmarks, run on this machine and printed as a markdown table.
+"""Benchmarks, run on this machine and printed as markdown tables, baselines side by side.
 
-    python bench.py                 # all sections
-    python bench.py --only prepare  # one section
+    python bench.py                      # every section, on the demo data and the tiny model
+    python bench.py --only train         # one section: prepare, train, callbacks, startup
+    python bench.py --model FOLDER --train-file F --valid-file F --budget 300   # your model and data
 
 Sections:
-  prepare  prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
-           lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
+  train      three recipes on the same data, model and machine, each for the same wall-clock
+             budget, each in its own process (so peak memory is its own):
+               original  -- every example padded to 512 / 256 tokens, labels padded with the pad id
+                            (the loss counts padding), random sampling, generation on the whole
+                            validation set at every evaluation;
+               plain HF  -- DataCollatorForSeq2Seq (dynamic padding, labels -100), random sampling,
+                            AdamW, generation on the whole validation set;
+               this tool -- train.py's recipe: the same collator, length-grouped batches from a
+                            precomputed length column, its optimizer, eval_loss on the whole
+                            validation set and generation on GEN_EVAL_SAMPLES examples.
+             Reports real (non-padding) tokens/s, steps/s, peak memory, the share of wall time an
+             evaluation schedule of one evaluation per EVAL_STEPS steps costs, useful model-FLOPs
+             utilisation against the matrix-multiply peak measured here, and the restoration
+             metrics on the same 100 validation examples after the budget; then the ratios.
+  callbacks  the DomainFocus callbacks' time per optimizer step against the step time.
+  memory     weights, gradients, optimizer state and the planner's full estimate for mt5-small,
+             mt5-base and mt5-large with each optimizer, computed from their configs.
+  startup    time from start to the first training step, first start against second start with
+             the same 24 MB of data (the second reuses the tokenization cache).
+  prepare    prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
+             lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
 
-Corpora and lexicons are synthetic (generated from a fixed seed), so the figures are reproducible
-and no private text is needed.
+Corpora and lexicons for `prepare` are synthetic (generated from a fixed seed), so the figures are
+reproducible and no private text is needed.
 """
 
 import argparse
+import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Common CJK characters: the first 3,000 code points of the unified block are close enough in
 # frequency profile for a throughput measurement.
@@ -85,13 +109,336 @@ def bench_prepare(sizes=(2, 8)):
         print("| " + " | ".join(row) + " |")
 
 
+RECIPES = {"original": "original recipe", "plain": "plain Hugging Face", "tool": "this tool"}
+
+
+def matmul_peak(repeats=30, size=1024):
+    """This machine's matrix-multiply rate in FLOP/s (fp32 on CPU, bf16 on a GPU), measured now."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+
+
+def flop_counter(model):
+    """Training FLOPs of one example from its real lengths (forward + backward = 6 x multiply-adds
+    of the weights, plus attention scores), following REFERENCE.md's encoder-decoder formula. The
+    Trainer's own floating_point_ops ignores target tokens, so it is not used."""
+    config = model.config
+    embedding = config.vocab_size * config.d_model
+    encoder = sum(p.numel() for n, p in model.encoder.named_parameters() if "embed_tokens" not in n)
+    decoder = sum(p.numel() for n, p in model.decoder.named_parameters() if "embed_tokens" not in n)
+    inner = config.num_heads * config.d_kv
+    decoder_layers = config.num_decoder_layers or config.num_layers
+
+    def flops(source, target):
+        weights = 6 * (encoder * source + (decoder + embedding) * target)
+        attention = 12 * inner * (config.num_layers * source ** 2 + decoder_layers * (target ** 2 + source * target))
+        return weights + attention
+
+    return flops
+
+
+def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir):
+    """Train one recipe for `budget` seconds in this process; returns its measurements."""
+    import datasets
+    import torch
+    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
+                              TrainerCallback, default_data_collator, set_seed)
+    from transformers.trainer_callback import PrinterCallback
+
+    import train as tool
+    from data import first_examples, load_tokenized
+    from modeling import make_trainer_class
+    from restore import generate
+    from spans import restoration_metrics
+
+    set_seed(42)
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_folder)
+    config = {**tool.default_config(), **tool.DEMO, "TRAIN_FILE": train_file, "VALID_FILE": valid_file,
+              "OUTPUT_DIR": output_dir, "MAX_INPUT_LENGTH": 512, "MAX_TARGET_LENGTH": 256}
+    if recipe != "tool":
+        config["OPTIMIZER"] = "adamw_torch"
+    args = tool.training_arguments(config, {"fp16": False, "bf16": torch.cuda.is_available()})
+    args.eval_strategy = args.save_strategy = "no"  # evaluation is timed separately below
+    args.eval_steps = args.save_steps = None
+    args.max_steps = 10 ** 6  # the budget callback stops training
+    validation = first_examples(valid_file, "inputs", "targets", 10 ** 9)
+    files = {"train": train_file, "validation": valid_file}
+    if recipe == "tool":
+        data, _ = load_tokenized(files, tokenizer, "inputs", "targets", 512, 256)
+        collator, ignored = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), -100
+        base = make_trainer_class()
+        extra = {"generation_examples": validation[: config["GEN_EVAL_SAMPLES"]], "max_input_length": 512,
+                 "max_new_tokens": 64}
+    else:
+        padded = recipe == "original"
+
+        def tokenize(batch):
+            padding = "max_length" if padded else False
+            inputs = tokenizer(batch["inputs"], max_length=512, truncation=True, padding=padding)
+            labels = tokenizer(text_target=batch["targets"], max_length=256, truncation=True, padding=padding)
+            return {**inputs, "labels": labels["input_ids"]}
+
+        raw = datasets.load_dataset("json", data_files=files)
+        data = {split: part.map(tokenize, batched=True, remove_columns=part.column_names) for split, part in raw.items()}
+        collator = default_data_collator if padded else DataCollatorForSeq2Seq(tokenizer, model=model)
+        ignored = tokenizer.pad_token_id if padded else -100
+        base, extra = Seq2SeqTrainer, {}
+        args.train_sampling_strategy = "random"
+    count_flops = flop_counter(model)
+
+    class Measured(base):
+        real_tokens = 0
+        flops = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            sources = inputs["attention_mask"].sum(dim=1).tolist()
+            targets = (inputs["labels"] != ignored).sum(dim=1).tolist()
+            self.real_tokens += sum(sources) + sum(targets)
+            self.flops += sum(count_flops(s, t) for s, t in zip(sources, targets))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    class Budget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds = time.perf_counter() - self.started
+            control.should_training_stop = self.seconds >= budget
+
+    budget_callback = Budget()
+    trainer = Measured(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                       processing_class=tokenizer, data_collator=collator, callbacks=[budget_callback], **extra)
+    trainer.remove_callback(PrinterCallback)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    seconds, steps = budget_callback.seconds, trainer.state.global_step
+    # One evaluation in the recipe's own style: the baselines generate for the whole validation set.
+    started = time.perf_counter()
+    trainer.evaluate()
+    if recipe != "tool":
+        generate(model, tokenizer, [inputs for inputs, _ in validation], 64, 512, 64)
+    evaluation_seconds = time.perf_counter() - started
+    default_evaluation_seconds = None
+    if recipe == "tool":  # and once more with the default GEN_EVAL_SAMPLES
+        trainer.generation_examples = validation[: tool.GEN_EVAL_SAMPLES]
+        started = time.perf_counter()
+        trainer.evaluate()
+        default_evaluation_seconds = time.perf_counter() - started
+    # The same restoration test for every recipe: the first 100 validation examples, greedy.
+    inputs, targets = zip(*validation[:100])
+    scores = restoration_metrics(generate(model, tokenizer, list(inputs), 64, 512, 64), list(targets))
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"recipe": recipe, "seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
+            "flops": trainer.flops, "evaluation_seconds": evaluation_seconds,
+            "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak, **scores}
+
+
+def tiny_model_folder(folder, train_file):
+    from modeling import build_tiny_t5
+
+    tokenizer, model = build_tiny_t5(train_file, "inputs", "targets", 42)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def bench_train(options, folder):
+    model = options.model
+    peak = matmul_peak()
+    results = {}
+    for recipe in RECIPES:
+        out = os.path.join(folder, f"{recipe}.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--model", model,
+                        "--train-file", options.train_file, "--valid-file", options.valid_file,
+                        "--budget", str(options.budget), "--out", out], check=True, cwd=HERE,
+                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
+        with open(out, encoding="utf-8") as handle:
+            results[recipe] = json.load(handle)
+    eval_steps = 50  # the demo's schedule: one evaluation per 50 optimizer steps
+    rows = {}
+    for recipe, result in results.items():
+        per_step = result["seconds"] / result["steps"]
+        rows[recipe] = {
+            "tokens/s": result["real_tokens"] / result["seconds"], "steps/s": result["steps"] / result["seconds"],
+            "peak memory": result["peak_mb"],
+            "eval share": result["evaluation_seconds"] / (result["evaluation_seconds"] + eval_steps * per_step),
+            "MFU": result["flops"] / result["seconds"] / peak,
+        }
+    print(f"Training for {options.budget:.0f} s each on the same data and model; matrix-multiply peak "
+          f"{peak / 1e9:.0f} GFLOP/s measured now.\n")
+    print("| recipe | real tokens/s | steps/s | peak memory | eval share (1 per 50 steps) | useful MFU | "
+          "span_accuracy | char_accuracy | exact_match |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for recipe, row in rows.items():
+        result = results[recipe]
+        print(f"| {RECIPES[recipe]} | {row['tokens/s']:.0f} | {row['steps/s']:.2f} | {row['peak memory']:.0f} MB | "
+              f"{100 * row['eval share']:.1f}% | {100 * row['MFU']:.1f}% | {result['span_accuracy']:.3f} | "
+              f"{result['char_accuracy']:.3f} | {result['exact_match']:.3f} |")
+    print()
+    for baseline in ("original", "plain"):
+        ratios = {name: rows["tool"][name] / rows[baseline][name] for name in ("tokens/s", "steps/s", "peak memory")}
+        print(f"this tool / {RECIPES[baseline]}: real tokens/s x{ratios['tokens/s']:.1f}, steps/s "
+              f"x{ratios['steps/s']:.1f}, peak memory x{ratios['peak memory']:.2f}")
+    tool_step = results["tool"]["seconds"] / results["tool"]["steps"]
+    return tool_step, results["tool"]
+
+
+def bench_callbacks(tool_step, steps=2000):
+    """Time the DomainFocus callbacks (and the NaN guard's checks) spend per optimizer step."""
+    import io
+
+    import torch
+    from transformers import Seq2SeqTrainingArguments, TrainerControl, TrainerState
+
+    from callbacks import (DelayedEarlyStopping, GracefulInterrupt, LiveProgressBar, NonFiniteGuard, ResumeCheck,
+                           SafeDetailedProgressCallback)
+
+    with tempfile.TemporaryDirectory() as folder:
+        args = Seq2SeqTrainingArguments(output_dir=folder, report_to="none", eval_steps=1000, logging_steps=100,
+                                        metric_for_best_model="eval_loss", use_cpu=True)
+    state, control = TrainerState(max_steps=10 ** 6), TrainerControl()
+    guard = NonFiniteGuard(10)
+    callbacks = [SafeDetailedProgressCallback(), LiveProgressBar(io.StringIO()), DelayedEarlyStopping(), guard,
+                 GracefulInterrupt(quit_now=None), ResumeCheck()]
+    for callback in callbacks:
+        callback.on_train_begin(args, state, control)
+    loss, grad_norm = torch.tensor(1.5), torch.tensor(0.7)
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        for callback in callbacks:
+            callback.on_step_begin(args, state, control)
+        guard.loss_seen(loss)
+        guard.gradients_seen(grad_norm, scaler_skips_overflow=False)
+        state.global_step = step
+        for callback in callbacks:
+            callback.on_step_end(args, state, control)
+        if step % 100 == 0:
+            for callback in callbacks:
+                callback.on_log(args, state, control, logs={"loss": 1.5, "learning_rate": 1e-3})
+    per_step = (time.perf_counter() - started) / steps
+    print(f"\nDomainFocus callbacks: {per_step * 1e6:.0f} us per optimizer step = "
+          f"{100 * per_step / tool_step:.3f}% of this tool's measured step time ({tool_step * 1e3:.0f} ms).")
+
+
+def bench_startup(folder, model, valid_file):
+    """Seconds from start to the first training step: first start, then a second with the same data."""
+    with open(os.path.join(HERE, "demo", "train.jsonl"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    data = os.path.join(folder, "train-24mb.jsonl")
+    with open(data, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines * 40) + "\n")  # 120,000 examples, about 24 MB
+    timings = []
+    for start in ("first", "second"):
+        began = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "train.py"), "--demo", f"--MODEL_NAME_OR_PATH={model}",
+             f"--TRAIN_FILE={data}", f"--VALID_FILE={valid_file}", f"--OUTPUT_DIR={os.path.join(folder, start)}",
+             "--LOGGING_STEPS=1", "--GEN_EVAL_SAMPLES=0"],
+            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "HF_HOME": os.path.join(folder, "startup-cache")})
+        for line in process.stdout:
+            if " step 1/" in line:
+                timings.append(time.perf_counter() - began)
+                break
+        process.kill()
+        process.wait()
+    print(f"\nStart-up to the first step with {os.path.getsize(data) / 1e6:.0f} MB of training data: first start "
+          f"{timings[0]:.1f} s, second start {timings[1]:.1f} s (x{timings[1] / timings[0]:.2f}; "
+          "the second reuses the tokenization cache).")
+
+
+# The published configs of Google's mT5 checkpoints (vocabulary 250,112, d_kv 64, gated GELU,
+# LM head not tied to the embedding): (d_model, d_ff, layers per stack, heads).
+MT5_CONFIGS = {"mt5-small": (512, 1024, 8, 6), "mt5-base": (768, 2048, 12, 12), "mt5-large": (1024, 2816, 24, 16)}
+
+
+def mt5_shapes(d_model, d_ff, layers, heads):
+    """An mT5 model on the meta device (shapes only). transformers 5.23 forces MT5Config to tie the
+    LM head to the embedding; the published checkpoints keep a separate one, so it is put back."""
+    import torch
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    config = MT5Config(vocab_size=250112, d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=64)
+    with torch.device("meta"):
+        model = MT5ForConditionalGeneration(config)
+        model.lm_head = torch.nn.Linear(d_model, config.vocab_size, bias=False)
+    return model
+
+
+def bench_memory():
+    """Training memory of the mT5 sizes per optimizer, from their configs (no download)."""
+    import train as tool
+    from report import gigabytes, gpu_memory, static_memory
+
+    print("| model | parameters | optimizer | weights + gradients + optimizer state | with activations, "
+          "batch 4, 512 / 256 tokens, bf16, gradient checkpointing |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, shape in MT5_CONFIGS.items():
+        model = mt5_shapes(*shape)
+        count = sum(parameter.numel() for parameter in model.parameters())
+        for optimizer in ("adamw_torch", "adamw_8bit", "adafactor"):
+            config = {**tool.default_config(), "OPTIMIZER": optimizer, "GRADIENT_CHECKPOINTING": True}
+            static = static_memory(model, optimizer)["total"]
+            print(f"| {name} | {count / 1e6:.1f} M | {optimizer} | {gigabytes(static)} | "
+                  f"{gigabytes(gpu_memory(model, config)[1])} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
-    parser.add_argument("--only", choices=("prepare",), help="run one section")
-    parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
-    bench_prepare()
+    parser.add_argument("--only", choices=("train", "callbacks", "startup", "memory", "prepare"), help="run one section")
+    parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
+    parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
+    parser.add_argument("--valid-file", default=os.path.join(HERE, "demo", "valid.jsonl"))
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per recipe")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), help=argparse.SUPPRESS)  # one recipe, in a child
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.recipe:
+        with tempfile.TemporaryDirectory() as folder:
+            result = run_recipe(options.recipe, options.model, options.train_file, options.valid_file,
+                                options.budget, folder)
+        with open(options.out, "w", encoding="utf-8") as handle:
+            json.dump(result, handle)
+        return
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    print(f"machine: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n")
+    with tempfile.TemporaryDirectory() as folder:
+        model = options.model or tiny_model_folder(os.path.join(folder, "model"), options.train_file)
+        options.model = model
+        if options.only in (None, "train", "callbacks"):
+            tool_step, tool = bench_train(options, folder)
+            evaluation = tool["default_evaluation_seconds"]
+            print(f"\nEvaluation at the default settings (eval_loss on the whole validation set, generation on "
+                  f"GEN_EVAL_SAMPLES=200, once per EVAL_STEPS=1000 steps): {evaluation:.1f} s per evaluation, "
+                  f"{100 * evaluation / (evaluation + 1000 * tool_step):.1f}% of the wall time.")
+            bench_callbacks(tool_step)
+        if options.only in (None, "startup"):
+            bench_startup(folder, model, options.valid_file)
+        if options.only in (None, "memory"):
+            print()
+            bench_memory()
+        if options.only in (None, "prepare"):
+            print()
+            bench_prepare()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 * BestModelCallback            -- keeps OUTPUT_DIR/best/ equal to the best evaluated weights
 * CurvesCallback               -- redraws training_curves.png at every evaluation
 * GracefulInterrupt            -- Ctrl+C / SIGTERM: finish the step, save, stop
+* NonFiniteGuard               -- skips NaN/inf steps, stops a diverged run without touching best/
+* ResumeCheck                  -- records batch size, processes, data and schedule in every checkpoint
 
 All of them act through `control` or write files; none of them changes the model.
 """
@@ -25,21 +27,52 @@ from transformers.trainer_callback import ExportableState
 logger = logging.getLogger("domainfocus")
 
 
+class SaveFailed(Exception):
+    """A save could not be written (disk full, no permission); earlier saves are intact."""
+
+
+def write_error(error):
+    """The reason a write failed, in a few words. A full disk surfaces as OSError from Python,
+    RuntimeError from torch.save and SafetensorError from safetensors, so any exception counts."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
+
+
 def save_atomically(save_function, target):
     """Write a folder through `save_function(temporary_folder)`, then swap it into `target`.
 
     A crash or a second Ctrl+C while writing leaves the previous `target` untouched; the only
     window without `target` lies between two renames, and `recover_interrupted_saves` mends it.
+    A full disk or a missing permission raises SaveFailed and also leaves `target` untouched.
     """
     target = os.path.abspath(target)
     temporary, previous = target + ".tmp", target + ".old"
     shutil.rmtree(temporary, ignore_errors=True)
-    save_function(temporary)
+    try:
+        save_function(temporary)
+    except Exception as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise SaveFailed(f"could not write {target}: {write_error(error)}") from error
     if os.path.isdir(target):
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(target, previous)
     os.replace(temporary, target)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def agree(args, value):
+    """The largest `value` over all processes (just `value` in a single process).
+
+    Under torchrun every process must stop at the same step, or the others wait forever in the
+    next gradient all-reduce; every call site is one that all processes reach together.
+    """
+    if args.world_size <= 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([float(value)], device=args.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return type(value)(tensor.item())
 
 
 def recover_interrupted_saves(folder):
@@ -195,6 +228,8 @@ class SafeDetailedProgressCallback(TrainerCallback):
         if self.step_started is not None and state.global_step - self.first_step > self.warmup_steps:
             self.step_seconds += self.clock() - self.step_started
             self.measured_steps += 1
+        if control.should_evaluate and state.is_world_process_zero:
+            logger.info("evaluating at step %d ...", state.global_step)
 
     def seconds_per_step(self):
         return self.step_seconds / self.measured_steps if self.measured_steps else None
@@ -283,8 +318,11 @@ class MetricsFileCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise SaveFailed(f"could not write {self.path}: {write_error(error)}") from error
 
 
 class BestModelCallback(TrainerCallback):
@@ -315,14 +353,6 @@ class BestModelCallback(TrainerCallback):
             logger.info("New best %s %.4f at step %d, saved to %s", name, value, state.global_step, self.folder)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised by GracefulInterrupt when the user insists; carries the signal for the exit code."""
-
-    def __init__(self, signal_number):
-        super().__init__(signal.Signals(signal_number).name)
-        self.signal_number = signal_number
-
-
 class CurvesCallback(TrainerCallback):
     """Redraws OUTPUT_DIR/training_curves.png from metrics.jsonl after every evaluation."""
 
@@ -335,21 +365,32 @@ class CurvesCallback(TrainerCallback):
         from report import plot_run
 
         if state.is_world_process_zero:
-            plot_run(self.output_dir, self.early_stopping_start_step, self.metric)
+            try:
+                plot_run(self.output_dir, self.early_stopping_start_step, self.metric)
+            except OSError as error:  # a picture is not worth stopping a run for; the next save will tell
+                logger.warning("Could not draw training_curves.png: %s", error)
 
 
 class GracefulInterrupt(TrainerCallback):
-    """Turns SIGINT / SIGTERM into "finish this step, save a checkpoint, stop".
+    """Turns SIGINT / SIGTERM into "finish what you are doing, save, stop".
 
-    Before `arm()` (data loading, model loading) a signal aborts at once: nothing has been
-    trained, so there is nothing to save. After it, the first signal asks the Trainer to stop
-    after the current optimizer step (or the current evaluation) and to save; a second one
-    raises `Interrupted` at once. Every save is atomic, so that loses nothing on disk.
+    Before `arm()` (data loading, model loading) a signal calls `quit_now(signal_number)` at
+    once: nothing has been trained, so there is nothing to save. After it, the first signal lets
+    the current optimizer step, evaluation or checkpoint save finish, then the Trainer saves a
+    checkpoint and stops; a second signal calls `quit_now`. Every save is atomic or ignored by
+    resume until complete, so quitting mid-save loses nothing on disk. Under torchrun the
+    processes agree on the step to stop at.
     """
 
-    def __init__(self):
+    def __init__(self, quit_now):
+        self.quit_now = quit_now
         self.signal_number = None
+        self.received_at = None
         self.armed = False
+        self.activity = "start-up"
+        # Under torchrun a Ctrl+C in the terminal reaches each worker twice, from the terminal
+        # and forwarded by the launcher; a repeat within this window counts as the same press.
+        self.repeat_window = 2.0 if "TORCHELASTIC_RUN_ID" in os.environ else 0.0
 
     def install(self):
         signal.signal(signal.SIGINT, self.handle)
@@ -357,28 +398,128 @@ class GracefulInterrupt(TrainerCallback):
 
     def arm(self):
         self.armed = True
+        self.activity = "a training step"
 
     def handle(self, signal_number, frame):
+        now = time.monotonic()
+        if self.received_at is not None and now - self.received_at < self.repeat_window:
+            return
         first = self.signal_number is None
         self.signal_number = self.signal_number or signal_number
+        self.received_at = now
         if not self.armed or not first:
-            raise Interrupted(self.signal_number)
-        name = signal.Signals(signal_number).name
-        logger.warning("%s received: finishing the current step, then saving. "
-                       "Press Ctrl+C again to quit at once (saves already on disk stay intact).", name)
+            self.quit_now(self.signal_number)
+        logger.warning("%s received during %s: finishing it, then saving. Press Ctrl+C again to quit at once "
+                       "(saves already on disk stay intact).", signal.Signals(signal_number).name, self.activity)
 
     @property
     def exit_code(self):
         return 128 + self.signal_number if self.signal_number else 0
 
-    def request_stop(self, control):
-        if self.signal_number is not None:
+    def request_stop(self, args, control, save):
+        number = agree(args, self.signal_number or 0)
+        if number:
+            self.signal_number = self.signal_number or number  # another process received it
             control.should_training_stop = True
-            control.should_save = True
+            control.should_save = control.should_save or save
         return control
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.activity = "a training step"
+
     def on_step_end(self, args, state, control, **kwargs):
-        return self.request_stop(control)
+        self.activity = ("evaluation" if control.should_evaluate else
+                         "saving a checkpoint" if control.should_save else "a training step")
+        return self.request_stop(args, control, save=True)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        return self.request_stop(control)
+        self.activity = "saving a checkpoint" if control.should_save else "a training step"
+        return self.request_stop(args, control, save=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        # The checkpoint just written is the one to resume from; asking for another would
+        # write the same folder a second time at the end of the epoch.
+        self.activity = "a training step"
+        return self.request_stop(args, control, save=False)
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Skips every optimizer step whose gradients (or, under fp16, loss) are NaN or infinite, and
+    stops training after `limit` such steps in a row.
+
+    The Trainer subclass reports each micro-batch loss and each gradient norm; a bad step's
+    gradients are dropped before the optimizer sees them, so the weights keep their last good
+    values and `latest/` can be written from them. A stopped run saves no checkpoint and leaves
+    `best/` alone. Under fp16 the gradient scaler already skips overflowing steps while it
+    calibrates, so only a non-finite loss counts there.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.in_a_row = 0
+        self.step_is_bad = False
+        self.bad_loss = None
+        self.bad_gradients = None
+        self.last_good_step = None
+        self.stop_reason = None
+
+    def loss_seen(self, loss):
+        value = float(loss)
+        if not math.isfinite(value):
+            self.step_is_bad, self.bad_loss = True, value
+
+    def gradients_seen(self, grad_norm, scaler_skips_overflow):
+        """True when this step's update must be skipped."""
+        value = float(grad_norm) if grad_norm is not None else 0.0
+        if not math.isfinite(value) and not scaler_skips_overflow:
+            self.step_is_bad, self.bad_gradients = True, value
+        return self.step_is_bad
+
+    def on_step_end(self, args, state, control, **kwargs):
+        bad = agree(args, int(self.step_is_bad))
+        self.step_is_bad = False
+        if not bad:
+            self.in_a_row, self.last_good_step = 0, state.global_step
+            return
+        self.in_a_row += 1
+        logger.warning("step %d: non-finite %s; update skipped (%d of %d in a row before stopping).",
+                       state.global_step, f"loss ({self.bad_loss})" if self.bad_loss is not None else
+                       f"gradient norm ({self.bad_gradients})", self.in_a_row, self.limit)
+        self.bad_loss = self.bad_gradients = None
+        if self.in_a_row >= self.limit:
+            self.stop_reason = f"{self.limit} steps in a row with NaN/inf loss or gradients at step {state.global_step}"
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = False
+
+
+class ResumeCheck(TrainerCallback, ExportableState):
+    """Writes what a resume must match into every checkpoint: effective batch size, number of
+    processes, a fingerprint of the training data and the total number of steps."""
+
+    def __init__(self, **facts):
+        self.facts = facts
+
+    def state(self):
+        return {"args": {}, "attributes": {"facts": self.facts}}
+
+    @staticmethod
+    def saved_facts(checkpoint):
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+            saved = json.load(handle).get("stateful_callbacks", {}).get("ResumeCheck", {})
+        return saved.get("attributes", {}).get("facts", {})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed TrainerState brings back the checkpoint's logging, evaluation and save
+        # intervals; the constants as set now must win, as they do for early stopping.
+        saved = {kind: getattr(state, f"{kind}_steps") for kind in ("logging", "eval", "save")}
+        state.compute_steps(args, state.max_steps)
+        for kind, value in saved.items():
+            if value != getattr(state, f"{kind}_steps"):
+                logger.info("%s_steps changed from %s (checkpoint) to %s; using %s.", kind, value,
+                            getattr(state, f"{kind}_steps"), getattr(state, f"{kind}_steps"))
+
+    def differences(self, checkpoint):
+        """One phrase per fact that differs from `checkpoint` (empty when it predates this check)."""
+        saved = self.saved_facts(checkpoint)
+        return [f"{name} {saved[name]} -> {value}" for name, value in self.facts.items()
+                if name in saved and saved[name] != value]

@@ -9,8 +9,6 @@ import json
 import logging
 import os
 
-import datasets
-
 from spans import SENTINEL
 
 logger = logging.getLogger("domainfocus")
@@ -98,6 +96,15 @@ def first_examples(path, input_column, target_column, limit):
     return examples
 
 
+def file_fingerprint(path):
+    """A short hash of a file's bytes: tells a resume whether the training data changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def truncate(ids, limit):
     """Cut a token list to `limit` tokens, keeping the end-of-sequence token last."""
     return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
@@ -131,10 +138,12 @@ def load_tokenized(files, tokenizer, input_column, target_column, max_input_leng
     """Load {split: path} JSON Lines files and tokenize them, reusing the cache of an earlier start.
 
     Returns ({split: Dataset}, {split: {examples, inputs_truncated, targets_truncated, input_tokens,
-    target_tokens}}) -- the counts after truncation.
+    target_tokens, longest_input, longest_target}}) -- the counts after truncation.
     The cache lives beside the datasets cache of the raw file and is keyed by the file's own
     fingerprint, the tokenizer and the limits, so any change to one of them tokenizes again.
     """
+    import datasets  # imported here so that the checks above answer in a second
+
     raw = datasets.load_dataset("json", data_files=files)
     tokenized, counts = {}, {}
     for split, dataset in raw.items():
@@ -151,7 +160,9 @@ def load_tokenized(files, tokenizer, input_column, target_column, max_input_leng
         )
         counts[split] = {"examples": len(mapped), "inputs_truncated": sum(mapped["input_truncated"]),
                          "targets_truncated": sum(mapped["target_truncated"]), "input_tokens": sum(mapped["length"]),
-                         "target_tokens": sum(len(labels) for labels in mapped["labels"])}
+                         "target_tokens": sum(len(labels) for labels in mapped["labels"]),
+                         "longest_input": max(mapped["length"], default=0),
+                         "longest_target": max(map(len, mapped["labels"]), default=0)}
         tokenized[split] = mapped.remove_columns(["input_truncated", "target_truncated"])
     return tokenized, counts
 

@@ -4,6 +4,7 @@ and the tests), the Trainer subclass with restoration metrics, and saving best/ 
 
 import json
 import os
+import shutil
 import tempfile
 
 TINY_MODEL = "tiny-local-t5"
@@ -68,7 +69,40 @@ def load_model(name, checkpoint, train_file, input_column, target_column, seed, 
     return tokenizer, model
 
 
-def nothing_left_to_train(checkpoint, trainer, patience):
+def checkpoint_problem(path):
+    """Why `path` cannot be resumed from, or None when it is complete and readable.
+
+    Written by hand: transformers' get_last_checkpoint also returns a checkpoint that a crash left
+    half-written. trainer_state.json is the last file the Trainer writes; the weights and the
+    optimizer state are checked for truncation without loading them (a header and a zip index).
+    """
+    import zipfile
+
+    from safetensors import safe_open  # reads only the header; torch is not needed
+
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
+            json.load(handle)
+    except FileNotFoundError:
+        return "incomplete, interrupted while saving (no trainer_state.json)"
+    except (OSError, ValueError):
+        return "trainer_state.json is damaged"
+    weights = [name for name in os.listdir(path) if name.endswith(".safetensors")]
+    if not weights:
+        return "no model weights (*.safetensors)"
+    for name in weights + ["optimizer.pt", "scheduler.pt"]:
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(os.path.join(path, name), "numpy"):
+                    pass
+            else:
+                zipfile.ZipFile(os.path.join(path, name)).close()
+        except Exception:  # safetensors and zipfile raise several types for a damaged file
+            return f"{name} is missing or damaged"
+    return None
+
+
+def nothing_left_to_train(checkpoint, max_steps, patience):
     """Why resuming `checkpoint` would train nothing (schedule done or stopped early), else None.
 
     Without this check the Trainer runs one step past the end of a finished schedule, and an
@@ -76,7 +110,6 @@ def nothing_left_to_train(checkpoint, trainer, patience):
     """
     with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
         state = json.load(handle)
-    max_steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     if state["global_step"] >= max_steps:
         return (f"{checkpoint} already reached step {state['global_step']} of {max_steps}; "
                 "raise MAX_STEPS or NUM_EPOCHS to train further.")
@@ -90,6 +123,7 @@ def nothing_left_to_train(checkpoint, trainer, patience):
 def make_trainer_class():
     from transformers import Seq2SeqTrainer
 
+    from callbacks import SaveFailed, write_error
     from restore import generate
     from spans import restoration_metrics
 
@@ -100,11 +134,44 @@ def make_trainer_class():
         example, runs on `generation_examples` only, so evaluation stays a small share of a run.
         """
 
-        def __init__(self, *args, generation_examples=(), max_input_length=512, max_new_tokens=256, **kwargs):
+        def __init__(self, *args, generation_examples=(), max_input_length=512, max_new_tokens=256, guard=None,
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self.generation_examples = generation_examples
             self.max_input_length = max_input_length
             self.max_new_tokens = max_new_tokens
+            self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.guard:
+                self.guard.loss_seen(loss)
+            return loss
+
+        def _get_grad_norm(self, model, grad_norm=None):
+            grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+            if self.guard and self.guard.gradients_seen(grad_norm, scaler_skips_overflow=self.args.fp16):
+                model.zero_grad(set_to_none=True)  # the optimizer skips parameters without gradients
+            return grad_norm
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            # A checkpoint's scheduler brings back the learning rate it was started with; the
+            # LEARNING_RATE set now must win, or lowering it after a divergence would do nothing.
+            if checkpoint and hasattr(self.lr_scheduler, "base_lrs"):
+                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
+
+        def _save_checkpoint(self, model, trial):
+            # The Trainer writes checkpoint-N file by file; a failed write (full disk) must not
+            # leave a half checkpoint taking space, nor end in a traceback.
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            existed = os.path.isdir(folder)
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as error:
+                if self.args.should_save and not existed:
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise SaveFailed(f"could not write {folder}: {write_error(error)}") from error
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                             metric_key_prefix="eval"):

@@ -1,5 +1,7 @@
-"""What users see of a run: the training curves, the plan before a run, the model card.
+"""What users see of a run: the console and train.log, the training curves, the plan before a
+run, the model card, the closing summary.
 
+* progress lines go to the console and, on the main process, to OUTPUT_DIR/train.log.
 * training_curves.png is drawn from metrics.jsonl (the single record of a run) at every
   evaluation; `python train.py --plot OUTPUT_DIR` redraws it without training.
 * `python train.py --check` prints the plan: data, schedule, early stopping, memory, outputs.
@@ -19,6 +21,51 @@ from spans import RESTORATION_METRICS
 
 logger = logging.getLogger("domainfocus")
 
+
+def is_main_process():
+    return int(os.environ.get("RANK", "0")) == 0  # torchrun and accelerate set RANK; rank 0 writes
+
+
+class TqdmLineHandler(logging.Handler):
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def setup_logging(output_dir):
+    """Progress lines to the console and, without carriage returns, to OUTPUT_DIR/train.log."""
+    from transformers.utils import logging as transformers_logging
+
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    # In a terminal the lines are written above the live progress bar; in a file, plainly.
+    console = TqdmLineHandler() if sys.stdout.isatty() else logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    handlers = [console]
+    main_process = is_main_process()
+    if output_dir and main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        log_file = logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8")
+        log_file.setFormatter(formatter)
+        handlers.append(log_file)
+    logger.handlers[:] = handlers
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logger.propagate = False
+    logging.raiseExceptions = False  # a full disk must not turn every later log line into a traceback
+    transformers_logging.set_verbosity_warning()
+    transformers_logging.disable_progress_bar()  # "Writing model shards" bars would clutter the log
+
+
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json_atomically(path, payload):
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, ensure_ascii=False)
+    os.replace(temporary, path)
 
 
 def read_metrics(path):
@@ -91,19 +138,28 @@ def plot_run(output_dir, early_stopping_start_step=None, metric="eval_loss"):
     return path
 
 
-def optimizer_state_bytes(parameters, optimizer):
-    """Bytes of optimizer state in fp32: AdamW keeps two moments; Adafactor, without momentum,
-    keeps a factored second moment (one value per row and per column) for matrices."""
+def optimizer_state_bytes(model, optimizer):
+    """Bytes of optimizer state, exactly as torch and transformers allocate it after the first step.
+
+    AdamW keeps two fp32 moments and a 4-byte step counter per tensor. Adafactor (no momentum)
+    keeps a factored second moment, one value per row and per column, for matrices, and a 4-byte
+    running RMS per tensor. 8-bit AdamW
+    keeps two 1-byte moments, except for embeddings, which the Trainer keeps in 32 bits."""
+    import torch
+
+    embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
     total = 0
-    for parameter in parameters:
-        if optimizer.startswith("adamw"):
-            total += 8 * parameter.numel()
-        elif parameter.dim() >= 2:
+    for parameter in (p for p in model.parameters() if p.requires_grad):
+        if optimizer == "adamw_torch" or (optimizer == "adamw_8bit" and id(parameter) in embeddings):
+            total += 8 * parameter.numel() + 4
+        elif optimizer == "adamw_8bit":
+            total += 2 * parameter.numel() + 4
+        elif parameter.dim() >= 2:  # Adafactor: factored second moment, plus its RMS as a 4-byte tensor
             rows = math.prod(parameter.shape[:-1])
             columns = math.prod(parameter.shape[:-2]) * parameter.shape[-1]
-            total += 4 * (rows + columns)
+            total += 4 * (rows + columns) + 4
         else:
-            total += 4 * parameter.numel()
+            total += 4 * parameter.numel() + 4
     return total
 
 
@@ -112,8 +168,83 @@ def static_memory(model, optimizer):
     as the Trainer keeps them in fp32, bf16 and fp16 alike. Activations are not included."""
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     weights = sum(4 * parameter.numel() for parameter in parameters)
-    state = optimizer_state_bytes(parameters, optimizer)
+    state = optimizer_state_bytes(model, optimizer)
     return {"weights": weights, "gradients": weights, "optimizer state": state, "total": 2 * weights + state}
+
+
+def activation_bytes(model_config, batch, source, target, half, checkpointing):
+    """An estimate of the activations one batch keeps for the backward pass (T5 / mT5 layout).
+
+    Counted per layer from the tensors autograd saves: norms, attention projections and scores,
+    feed-forward (gated in mT5) outputs, cross-attention keys and values; plus the fp32 logits over
+    the whole vocabulary with their log-softmax and gradient, which dominate for mT5's 250 k
+    tokens. With gradient checkpointing a layer keeps only its input, and one layer at a time is
+    recomputed in full."""
+    d, heads = model_config.d_model, model_config.num_heads
+    inner, d_ff = heads * model_config.d_kv, model_config.d_ff
+    ffn = (3 if getattr(model_config, "is_gated_act", False) else 2) * d_ff
+    encoder_layer = source * (4 * d + 4 * inner + ffn) + 2 * heads * source * source
+    decoder_layer = (target * (6 * d + 8 * inner + ffn) + 2 * inner * source
+                     + 2 * heads * (target * target + target * source))
+    encoder_layers, decoder_layers = model_config.num_layers, model_config.num_decoder_layers
+    if checkpointing:
+        layers = encoder_layers * source * d + decoder_layers * target * d + max(encoder_layer, decoder_layer)
+    else:
+        layers = encoder_layers * encoder_layer + decoder_layers * decoder_layer
+    logits = 3 * target * model_config.vocab_size
+    return batch * (layers * (2 if half else 4) + 4 * logits)
+
+
+CUDA_CONTEXT = 0.8 * 2 ** 30  # the CUDA context and allocator reserve: several hundred MB to over 1 GB
+
+
+def gpu_memory(model, config, half=True, lengths=None):
+    """{part: bytes} for one training step on a GPU with these settings, and the total.
+
+    `lengths` = (longest input, longest target) in the data; batches are padded only to their own
+    longest example, so the peak comes from the longest ones, never beyond the limits."""
+    source, target = lengths or (config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    source, target = min(source, config["MAX_INPUT_LENGTH"]), min(target, config["MAX_TARGET_LENGTH"])
+    parts = dict(static_memory(model, config["OPTIMIZER"]))
+    parts.pop("total")
+    parts["activations"] = activation_bytes(model.config, config["PER_DEVICE_BATCH_SIZE"], source, target, half,
+                                            config["GRADIENT_CHECKPOINTING"])
+    parts["CUDA context"] = CUDA_CONTEXT
+    return parts, sum(parts.values())
+
+
+def memory_plan(model, config, half=True, lengths=None):
+    """(lines, fits): the GPU memory estimate against GPU_MEMORY_GB and, when it does not fit, the
+    single changes that would make it fit."""
+    budget = config["GPU_MEMORY_GB"] * 2 ** 30
+    parts, total = gpu_memory(model, config, half, lengths)
+    toggled = gpu_memory(model, {**config, "GRADIENT_CHECKPOINTING": not config["GRADIENT_CHECKPOINTING"]}, half,
+                         lengths)[0]
+    without = toggled["activations"]
+    longest = "" if lengths is None else f" for batches of the longest examples ({lengths[0]} / {lengths[1]} tokens)"
+    lines = [f"GPU memory estimate{longest}: {gigabytes(total)} of GPU_MEMORY_GB={config['GPU_MEMORY_GB']:g} "
+             f"({', '.join(f'{name} {gigabytes(size)}' for name, size in parts.items())}; activations "
+             f"{'without' if config['GRADIENT_CHECKPOINTING'] else 'with'} gradient checkpointing would be "
+             f"{gigabytes(without)})"]
+    if total <= budget:
+        return lines, True
+    batch, accumulation = config["PER_DEVICE_BATCH_SIZE"], config["GRADIENT_ACCUMULATION_STEPS"]
+    changes = [{"GRADIENT_CHECKPOINTING": True}, {"OPTIMIZER": "adafactor"},
+               {"PER_DEVICE_BATCH_SIZE": max(batch // 2, 1), "GRADIENT_ACCUMULATION_STEPS": accumulation * 2},
+               {"PER_DEVICE_BATCH_SIZE": 1, "GRADIENT_ACCUMULATION_STEPS": batch * accumulation},
+               {"MAX_INPUT_LENGTH": config["MAX_INPUT_LENGTH"] // 2, "MAX_TARGET_LENGTH": config["MAX_TARGET_LENGTH"] // 2}]
+    fitting = []
+    for change in changes:
+        if any(config[name] == value for name, value in change.items()):
+            continue
+        changed_total = gpu_memory(model, {**config, **change}, half, lengths)[1]
+        if changed_total <= budget:
+            fitting.append(" ".join(f"--{name}={value}" for name, value in change.items())
+                           + f" ({gigabytes(changed_total)})")
+    lines.append(f"It will not fit in {config['GPU_MEMORY_GB']:g} GB. " + (
+        "Changes that fit: " + "; ".join(fitting) if fitting else
+        "No single change fits; combine them, choose a smaller model, or raise GPU_MEMORY_GB if your GPU is larger."))
+    return lines, False
 
 
 def schedule(train_examples, config, world_size=1):
@@ -237,12 +368,14 @@ def run_record(config, flags, checkpoint, counts, world_size):
     }
 
 
-def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds):
+def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, diverged=None):
     """The closing lines of every run: what happened, where everything is, how to go on."""
     from callbacks import format_duration
 
     state = trainer.state
-    if interrupt.signal_number:
+    if diverged:
+        reason = diverged
+    elif interrupt.signal_number:
         reason = f"interrupted by {signal.Signals(interrupt.signal_number).name}"
     elif early_stopping.stop_reason:
         reason = early_stopping.stop_reason
@@ -259,7 +392,8 @@ def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_
         logger.info("Latest weights (step %d) -> %s", state.global_step, os.path.join(output_dir, "latest"))
     logger.info("Curves: %s; checkpoints, metrics.jsonl, train.log and run_config.json are in %s.",
                 os.path.join(output_dir, "training_curves.png"), output_dir)
-    logger.info("Resume: %s", shlex.join(["python", "train.py", *sys.argv[1:]]))
+    launcher = ["python"] if trainer.args.world_size == 1 else ["torchrun", f"--nproc_per_node={trainer.args.world_size}"]
+    logger.info("Resume: %s", shlex.join([*launcher, "train.py", *sys.argv[1:]]))
     if state.best_global_step:
         logger.info("Use: python restore.py --model %s --input damaged.txt --output restored.jsonl",
                     shlex.quote(os.path.join(output_dir, "best")))

@@ -20,7 +20,7 @@ MAX_TARGET_LENGTH = 256  # tokens; longer targets are truncated and counted
 # --- schedule --------------------------------------------------------------------------------
 PER_DEVICE_BATCH_SIZE = 4  # examples per forward pass on each GPU (4 fits mT5-base on 6 GB)
 GRADIENT_ACCUMULATION_STEPS = 8  # forward passes per optimizer step; effective batch = 4 x 8 = 32
-OPTIMIZER = "adafactor"  # "adafactor" (T5's own, least memory) or "adamw_torch"
+OPTIMIZER = "adafactor"  # "adafactor" (T5's own, least memory), "adamw_torch", or "adamw_8bit" (needs bitsandbytes)
 LEARNING_RATE = 1e-3  # 1e-3 suits Adafactor with a fixed rate; use about 3e-4 with AdamW
 LR_SCHEDULER = "constant_with_warmup"  # any transformers scheduler name: "linear", "cosine", ...
 WARMUP_STEPS = 500  # optimizer steps of linear warm-up
@@ -30,6 +30,7 @@ EVAL_STEPS = 1000  # optimizer steps between evaluations
 SAVE_STEPS = 1000  # optimizer steps between checkpoints; a multiple of EVAL_STEPS
 LOGGING_STEPS = 100  # optimizer steps between progress lines
 SAVE_TOTAL_LIMIT = 3  # checkpoints kept (the best one is never deleted)
+MAX_NONFINITE_STEPS = 10  # steps in a row with NaN/inf loss or gradients (each one skipped) before stopping
 # --- evaluation and early stopping -----------------------------------------------------------
 GEN_EVAL_SAMPLES = 200  # validation examples restored by greedy generation at each evaluation; 0 = loss only
 METRIC_FOR_BEST_MODEL = "eval_loss"  # picks best/, drives early stopping: eval_loss, span_accuracy, char_accuracy, exact_match
@@ -37,6 +38,7 @@ EARLY_STOPPING_START_STEP = 6000  # evaluations before this step never stop trai
 EARLY_STOPPING_PATIENCE = 5  # evaluations without improvement before stopping
 EARLY_STOPPING_THRESHOLD = 0.001  # smallest change of the metric that counts as improvement
 # --- hardware --------------------------------------------------------------------------------
+GPU_MEMORY_GB = 6.0  # the GPU's memory; the plan printed before training checks that the run fits in it
 PRECISION = "auto"  # "auto" (bf16 where the GPU supports it, else fp32), "bf16", "fp32", "fp16" (risky)
 GRADIENT_CHECKPOINTING = True  # on GPU: about 20% more compute for far less activation memory
 DATALOADER_WORKERS = 0  # background processes preparing batches; 0 = in the training process
@@ -44,6 +46,7 @@ DATALOADER_WORKERS = 0  # background processes preparing batches; 0 = in the tra
 OUTPUT_DIR = "runs/domainfocus"  # checkpoints, best/, latest/, metrics.jsonl, train.log
 RESUME = "auto"  # "auto" = newest complete checkpoint in OUTPUT_DIR; a checkpoint path; None = fresh
 OVERWRITE_OUTPUT_DIR = False  # with RESUME=None: True clears an earlier run's outputs first
+RESUME_CHANGES = "warn"  # when batch size, processes, training data or MAX_STEPS differ from the checkpoint: "warn" or "refuse"
 TENSORBOARD = False  # True: also log to OUTPUT_DIR/tensorboard, local only (needs: pip install tensorboard)
 SEED = 42  # random seed for initialisation, sampling and dropout
 
@@ -69,14 +72,17 @@ import signal
 import sys
 import time
 
-from modeling import TINY_MODEL
+from modeling import TINY_MODEL, checkpoint_problem
+from report import is_main_process, setup_logging, write_json_atomically, write_text
 from spans import RESTORATION_METRICS
 
 CHOICES = {
     "PRECISION": ("auto", "bf16", "fp32", "fp16"),
-    "OPTIMIZER": ("adafactor", "adamw_torch"),
+    "OPTIMIZER": ("adafactor", "adamw_torch", "adamw_8bit"),
+    "RESUME_CHANGES": ("warn", "refuse"),
 }
 NONE_ALLOWED = {"RESUME"}
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SAVE_FAILED = 2, 3, 4  # and 128 + signal number after an interrupt
 OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png")
 logger = logging.getLogger("domainfocus")
 
@@ -88,6 +94,7 @@ class ConfigError(ValueError):
 def default_config():
     """The constants block above, as a dict: the single source of every setting."""
     return {name: value for name, value in globals().items() if re.fullmatch(r"[A-Z][A-Z0-9_]*", name)
+            and not name.startswith("EXIT_")
             and name not in ("DEMO", "TINY_MODEL", "CHOICES", "NONE_ALLOWED", "OUTPUT_FILES", "RESTORATION_METRICS")}
 
 
@@ -144,7 +151,8 @@ def check_config(config):
         if config[name] not in choices:
             raise ConfigError(f"{name}={config[name]!r}: choose one of {', '.join(choices)}.")
     for name in ("MAX_INPUT_LENGTH", "MAX_TARGET_LENGTH", "PER_DEVICE_BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS",
-                 "EVAL_STEPS", "SAVE_STEPS", "LOGGING_STEPS", "SAVE_TOTAL_LIMIT", "EARLY_STOPPING_PATIENCE"):
+                 "EVAL_STEPS", "SAVE_STEPS", "LOGGING_STEPS", "SAVE_TOTAL_LIMIT", "EARLY_STOPPING_PATIENCE",
+                 "MAX_NONFINITE_STEPS"):
         if config[name] < 1:
             raise ConfigError(f"{name}={config[name]}: must be at least 1.")
     for name in ("LEARNING_RATE", "NUM_EPOCHS"):
@@ -154,6 +162,9 @@ def check_config(config):
                  "DATALOADER_WORKERS"):
         if config[name] < 0:
             raise ConfigError(f"{name}={config[name]}: must not be negative.")
+    if config["SAVE_TOTAL_LIMIT"] < 2:  # with 1 the Trainer deletes the newest checkpoint at the end, keeping the best
+        raise ConfigError(f"SAVE_TOTAL_LIMIT={config['SAVE_TOTAL_LIMIT']}: keep at least 2 checkpoints, the newest "
+                          "(to resume) and the best.")
     if config["MAX_STEPS"] == 0 or config["MAX_STEPS"] < -1:
         raise ConfigError(f"MAX_STEPS={config['MAX_STEPS']}: use a positive number of steps, or -1 for NUM_EPOCHS.")
     if config["SAVE_STEPS"] % config["EVAL_STEPS"]:
@@ -165,10 +176,20 @@ def check_config(config):
                           "span_accuracy, char_accuracy or exact_match.")
     if metric in RESTORATION_METRICS and config["GEN_EVAL_SAMPLES"] == 0:
         raise ConfigError(f"METRIC_FOR_BEST_MODEL={metric} needs generation: set GEN_EVAL_SAMPLES above 0.")
+    if config["OPTIMIZER"] == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("OPTIMIZER='adamw_8bit' needs the bitsandbytes package and a CUDA GPU: pip install bitsandbytes.")
+    if not config["GPU_MEMORY_GB"] > 0:
+        raise ConfigError(f"GPU_MEMORY_GB={config['GPU_MEMORY_GB']}: give your GPU's memory in GB, e.g. 6.")
     if config["TENSORBOARD"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("TENSORBOARD=True needs the tensorboard package: pip install tensorboard.")
     if os.path.isfile(config["OUTPUT_DIR"]):
         raise ConfigError(f"OUTPUT_DIR={config['OUTPUT_DIR']} is a file: choose a folder path.")
+    existing = os.path.abspath(config["OUTPUT_DIR"])
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"OUTPUT_DIR={config['OUTPUT_DIR']} cannot be written ({existing} is not a writable folder); "
+                          "choose a folder you can write to.")
     model = config["MODEL_NAME_OR_PATH"]
     if model != TINY_MODEL and (os.path.isabs(model) or model.startswith(".") or os.path.exists(model)):
         if not os.path.isdir(model):
@@ -194,40 +215,39 @@ def choose_precision(precision):
 
 
 def find_checkpoint(config):
-    """The checkpoint to resume from, or None for a fresh start; refuses to clobber a finished run."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    """(checkpoint to resume from or None for a fresh start, [skipped damaged checkpoints]).
 
+    Refuses to clobber a finished run."""
     output_dir, resume = config["OUTPUT_DIR"], config["RESUME"]
     if resume not in (None, "auto"):
-        if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
-            raise ConfigError(f"RESUME={resume}: not a complete checkpoint folder (no trainer_state.json).")
-        return resume
-    # Written by hand: transformers' get_last_checkpoint also returns a checkpoint that a crash
-    # left half-written; trainer_state.json is the last file the Trainer writes into one.
+        problem = checkpoint_problem(resume) if os.path.isdir(resume) else "no such folder"
+        if problem:
+            raise ConfigError(f"RESUME={resume}: cannot resume from it ({problem}); use RESUME='auto' or another one.")
+        return resume, []
     checkpoints = []
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
-            match = re.fullmatch(PREFIX_CHECKPOINT_DIR + r"-(\d+)", name)
+            match = re.fullmatch(r"checkpoint-(\d+)", name)  # the Trainer's folder names
             if match:
                 checkpoints.append((int(match.group(1)), os.path.join(output_dir, name)))
+    skipped = []
     if resume == "auto":
         for _, path in sorted(checkpoints, reverse=True):
-            if os.path.isfile(os.path.join(path, "trainer_state.json")):
-                return path
-            logger.warning("Skipping %s: it is incomplete (interrupted while saving).", path)
-        return None
+            problem = checkpoint_problem(path)
+            if not problem:
+                return path, skipped
+            skipped.append(f"Skipping {path}: {problem}; trying the one before it.")
+        return None, skipped
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not config["OVERWRITE_OUTPUT_DIR"]:
         raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "
                           "choose another OUTPUT_DIR, or add --OVERWRITE_OUTPUT_DIR=True to start over.")
-    return None
+    return None, []
 
 
 def clear_previous_run(output_dir):
     """RESUME=None with OVERWRITE_OUTPUT_DIR: remove an earlier run's outputs, nothing else."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        if name.startswith(PREFIX_CHECKPOINT_DIR) or name in OUTPUT_FILES or name == "tensorboard":
+        if name.startswith("checkpoint") or name in OUTPUT_FILES or name == "tensorboard":
             path = os.path.join(output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
@@ -242,7 +262,7 @@ def training_arguments(config, precision_flags):
         per_device_train_batch_size=config["PER_DEVICE_BATCH_SIZE"],
         per_device_eval_batch_size=config["PER_DEVICE_BATCH_SIZE"] * 2,
         gradient_accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"],
-        optim=config["OPTIMIZER"],
+        optim={"adamw_8bit": "adamw_bnb_8bit"}.get(config["OPTIMIZER"], config["OPTIMIZER"]),
         learning_rate=config["LEARNING_RATE"],
         lr_scheduler_type=config["LR_SCHEDULER"],
         warmup_steps=config["WARMUP_STEPS"],
@@ -261,6 +281,11 @@ def training_arguments(config, precision_flags):
         activation_checkpointing=config["GRADIENT_CHECKPOINTING"] and on_gpu,
         dataloader_num_workers=config["DATALOADER_WORKERS"],
         dataloader_pin_memory=on_gpu,
+        # T5 accepts but ignores the token count that this option passes to it, so with it on, every
+        # loss under torchrun came out multiplied by the number of processes (transformers 5.23).
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,  # T5 uses every parameter in every step
+        use_cpu=not on_gpu,  # also makes torchrun on a CPU-only machine run as several processes (gloo)
         seed=config["SEED"],
         report_to=["tensorboard"] if config["TENSORBOARD"] else "none",  # local files only, no telemetry
         disable_tqdm=True,  # SafeDetailedProgressCallback prints the progress
@@ -270,69 +295,32 @@ def training_arguments(config, precision_flags):
     )
 
 
-class TqdmLineHandler(logging.Handler):
-    def emit(self, record):
-        from tqdm.auto import tqdm
-
-        tqdm.write(self.format(record), file=sys.stdout)
-
-
-def setup_logging(output_dir):
-    """Progress lines to the console and, without carriage returns, to OUTPUT_DIR/train.log."""
-    from transformers.utils import logging as transformers_logging
-
-    formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    # In a terminal the lines are written above the live progress bar; in a file, plainly.
-    console = TqdmLineHandler() if sys.stdout.isatty() else logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    handlers = [console]
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
-    if output_dir and main_process:
-        os.makedirs(output_dir, exist_ok=True)
-        log_file = logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8")
-        log_file.setFormatter(formatter)
-        handlers.append(log_file)
-    logger.handlers[:] = handlers
-    logger.setLevel(logging.INFO if main_process else logging.WARNING)
-    logger.propagate = False
-    transformers_logging.set_verbosity_warning()
-    transformers_logging.disable_progress_bar()  # "Writing model shards" bars would clutter the log
-
-
-def write_text(path, text):
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def write_json_atomically(path, payload):
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-    os.replace(temporary, path)
-
-
 def main(argv):
-    from callbacks import GracefulInterrupt
     from data import check_jsonl
 
     if argv[:1] == ["--plot"]:
         return plot_only(argv[1:])
-    # 1. Constants, command line, and every check that needs neither data nor a model.
+    # 1. Constants, command line, data files: every check that needs no model, within a second.
     config, flags = parse_arguments(argv, default_config())
     check_config(config)
-    interrupt = GracefulInterrupt()
-    interrupt.install()
     files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
     for split, constant in (("train", "TRAIN_FILE"), ("validation", "VALID_FILE")):
         check_jsonl(files[split], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
-    checkpoint = find_checkpoint(config)
+    checkpoint, skipped = find_checkpoint(config)
     if "check" in flags:
+        print("\n".join(skipped))
         return check_plan(config, checkpoint)
     output_dir = config["OUTPUT_DIR"]
-    if config["RESUME"] is None:
+    if config["RESUME"] is None and is_main_process():
         clear_previous_run(output_dir)  # before train.log is opened: it belongs to the new run
     setup_logging(output_dir)
+    for note in skipped:
+        logger.warning(note)
     logger.info("Resuming from %s." % checkpoint if checkpoint else "Starting a fresh run in %s." % output_dir)
+    from callbacks import GracefulInterrupt
+
+    interrupt = GracefulInterrupt(quit_now)
+    interrupt.install()
     return train(config, flags, checkpoint, interrupt)
 
 
@@ -356,7 +344,7 @@ def check_plan(config, checkpoint):
     """--check: tokenize the data and print what the run would do; exit 0 when everything is ready."""
     from data import load_tokenized, report_truncation
     from modeling import load_model
-    from report import plan_text, schedule, static_memory
+    from report import memory_plan, plan_text, schedule, static_memory
 
     setup_logging(None)
     choose_precision(config["PRECISION"])
@@ -369,8 +357,20 @@ def check_plan(config, checkpoint):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = schedule(counts["train"]["examples"], config, world_size)
     print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint))
+    longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
+    print("\n".join(memory_plan(model, config, config["PRECISION"] != "fp32", longest)[0]))
     print("Ready: run the same command without --check to train.")
     return 0
+
+
+def report_memory(model, config, counts, precision_flags):
+    from report import memory_plan
+
+    longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
+    lines, fits = memory_plan(model, config, precision_flags["bf16"] or precision_flags["fp16"], longest)
+    logger.info(lines[0])
+    if not fits:
+        logger.warning(lines[1])
 
 
 def train(config, flags, checkpoint, interrupt):
@@ -378,30 +378,37 @@ def train(config, flags, checkpoint, interrupt):
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
-                           MetricsFileCallback, SafeDetailedProgressCallback, recover_interrupted_saves,
-                           save_atomically)
-    from data import first_examples, load_tokenized, report_truncation
+                           MetricsFileCallback, NonFiniteGuard, ResumeCheck, SafeDetailedProgressCallback,
+                           recover_interrupted_saves, save_atomically)
+    from data import file_fingerprint, first_examples, load_tokenized, report_truncation
     from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train
     from report import model_card, plot_run, run_record, summarize
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
-    recover_interrupted_saves(output_dir)
+    if is_main_process():
+        recover_interrupted_saves(output_dir)
     # 2. Model and data: the tokenizer decides the tokens, so it comes first.
     precision_flags = choose_precision(config["PRECISION"])
     set_seed(config["SEED"])
-    tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
-                                  config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"])
+    model_source = (config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"], config["INPUT_COLUMN"],
+                    config["TARGET_COLUMN"], config["SEED"])
+    # Shapes only at first (the tiny model is built whole): the memory plan comes before loading.
+    tokenizer, model = load_model(*model_source, weights=config["MODEL_NAME_OR_PATH"] == TINY_MODEL and not checkpoint)
     files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
     datasets_by_split, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                                config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    report_memory(model, config, counts, precision_flags)
+    if model.device.type == "meta":
+        tokenizer, model = load_model(*model_source)
     if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
         os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
     args = training_arguments(config, precision_flags)
     # 3. Trainer and the DomainFocus callbacks.
     early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
                                           config["EARLY_STOPPING_THRESHOLD"])
+    guard = NonFiniteGuard(config["MAX_NONFINITE_STEPS"])
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=datasets_by_split["train"],
         eval_dataset=datasets_by_split["validation"], processing_class=tokenizer,
@@ -409,8 +416,8 @@ def train(config, flags, checkpoint, interrupt):
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         generation_examples=first_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
-        max_input_length=config["MAX_INPUT_LENGTH"], max_new_tokens=config["MAX_TARGET_LENGTH"],
-        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping,
+        max_input_length=config["MAX_INPUT_LENGTH"], max_new_tokens=config["MAX_TARGET_LENGTH"], guard=guard,
+        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping, guard,
                    MetricsFileCallback(os.path.join(output_dir, "metrics.jsonl")), interrupt,
                    CurvesCallback(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)],
     )
@@ -422,44 +429,87 @@ def train(config, flags, checkpoint, interrupt):
         os.path.join(output_dir, "best"), save_model,
         write_card=lambda folder, step, metrics: write_text(os.path.join(folder, "README.md"),
                                                             model_card(config, counts, step, metrics))))
-    if args.should_save:
-        write_json_atomically(os.path.join(output_dir, "run_config.json"),
-                              run_record(config, flags, checkpoint, counts, args.world_size))
+    effective_batch = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
     logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
                 config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
-                args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
-                "GPU" if torch.cuda.is_available() else "CPU")
-    nothing_left = checkpoint and nothing_left_to_train(checkpoint, trainer, config["EARLY_STOPPING_PATIENCE"])
+                effective_batch, "GPU" if torch.cuda.is_available() else "CPU")
+    max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    resume_check = ResumeCheck(effective_batch_size=effective_batch, processes=args.world_size,
+                               training_data=file_fingerprint(config["TRAIN_FILE"]), max_steps=max_steps,
+                               learning_rate=config["LEARNING_RATE"])
+    trainer.add_callback(resume_check)
+    changed = checkpoint and resume_check.differences(checkpoint)
+    if changed and config["RESUME_CHANGES"] == "refuse":
+        raise ConfigError(f"{checkpoint} was trained with other settings ({'; '.join(changed)}): restore them, "
+                          "or set RESUME_CHANGES='warn' to continue with the new ones.")
+    if changed:
+        logger.warning("Changed since %s: %s. Continuing with the new settings (RESUME_CHANGES='warn').",
+                       checkpoint, "; ".join(changed))
+    nothing_left = checkpoint and nothing_left_to_train(checkpoint, max_steps, config["EARLY_STOPPING_PATIENCE"])
     if nothing_left:
         logger.info("Nothing to train: %s", nothing_left)
         return 0
+    if args.should_save:
+        write_json_atomically(os.path.join(output_dir, "run_config.json"),
+                              run_record(config, flags, checkpoint, counts, args.world_size))
     # 4. Train. From here on the first Ctrl+C means "finish the step, save, stop".
     interrupt.arm()
     trainer.train(resume_from_checkpoint=checkpoint)
-    saved_latest = False
-    if args.should_save:
+    # After NaN/inf the weights still hold the last good update (bad ones were skipped); only
+    # those are worth a latest/, and best/ stays as it is.
+    good_weights = not guard.stop_reason or (
+        (guard.last_good_step or checkpoint) and all(torch.isfinite(p).all() for p in model.parameters()))
+    saved_latest = bool(args.should_save and good_weights)
+    if saved_latest:
         save_atomically(save_model, os.path.join(output_dir, "latest"))
-        saved_latest = True
     if args.should_save and os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
         plot_run(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)
     start_step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and re.search(r"-\d+$", checkpoint) else 0
-    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, time.monotonic() - started)
+    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, time.monotonic() - started,
+              guard.stop_reason)
+    if guard.stop_reason:
+        logger.error("Training diverged; best/ is untouched%s. Likely causes: fp16 overflow, which T5 and mT5 are "
+                     "prone to (use PRECISION='bf16' or 'fp32'), or a learning rate too high (lower LEARNING_RATE, "
+                     "raise WARMUP_STEPS); then resume from a checkpoint before the first bad step with RESUME=PATH.",
+                     f" and latest/ holds the last good update (step {guard.last_good_step})" if saved_latest and
+                     guard.last_good_step else "")
+        return EXIT_DIVERGED
     return interrupt.exit_code
+
+
+def quit_now(signal_number, frame=None):
+    """Ctrl+C or SIGTERM during start-up, or a second one: exit 130 or 143 at once.
+
+    Written with os._exit rather than an exception: Python drops an exception raised while a
+    __del__ runs, which would swallow the signal. Leaving at once is safe because every save on
+    disk is either complete or, being incomplete, ignored by resume.
+    """
+    print("Interrupted. Saves already on disk are intact; run the same command again to resume.",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    logging.shutdown()
+    os._exit(128 + signal_number)
 
 
 def run(argv):
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
     from data import DataError
 
+    signal.signal(signal.SIGINT, quit_now)
+    signal.signal(signal.SIGTERM, quit_now)
     try:
         return main(argv)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as interruption:
-        print("Interrupted. Saves already on disk are intact; run the same command again to resume.",
-              file=sys.stderr)
-        return 128 + getattr(interruption, "signal_number", signal.SIGINT)
+        return EXIT_BAD_INPUT
+    except Exception as error:
+        from callbacks import SaveFailed  # already loaded whenever a save can have failed
+
+        if not isinstance(error, SaveFailed):
+            raise
+        print(f"error: {error}; free disk space or fix the folder's permissions, then run the same command again "
+              "to resume from the newest complete checkpoint.", file=sys.stderr)
+        return EXIT_SAVE_FAILED
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 Run the suite with:  python -m pytest tests
 """
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,27 +54,33 @@ def hf_home(tmp_path_factory):
     return tmp_path_factory.mktemp("hf-home")
 
 
-def run_train_process(arguments, hf_home, timeout=300):
+def run_train_process(arguments, hf_home, timeout=300, environment=None):
     """Run `python train.py ARGS...` offline; returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, arguments)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=offline_environment(hf_home))
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**offline_environment(hf_home), **(environment or {})})
 
 
 @pytest.fixture
 def run_train(hf_home):
-    return lambda arguments, timeout=300: run_train_process(arguments, hf_home, timeout)
+    return lambda arguments, timeout=300, environment=None: run_train_process(arguments, hf_home, timeout,
+                                                                                environment)
 
 
 @pytest.fixture
 def start_train(tmp_path, hf_home):
-    """Start `python train.py ARGS...` in the background; returns the Popen (output in a file)."""
+    """Start `python train.py ARGS...` (or another command) in the background; returns the Popen.
+
+    Its output goes to tmp_path/console.log; `environment` adds variables, `command` replaces
+    `python train.py` (for torchrun).
+    """
     processes = []
 
-    def start(arguments):
+    def start(arguments, environment=None, command=(sys.executable, str(ROOT / "train.py"))):
         log = open(tmp_path / "console.log", "w")
-        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *arguments], cwd=ROOT, stdout=log,
+        process = subprocess.Popen([*command, *map(str, arguments)], cwd=ROOT, stdout=log,
                                    stderr=subprocess.STDOUT, text=True,
-                                   env=offline_environment(hf_home))
+                                   env={**offline_environment(hf_home), **(environment or {})})
         processes.append(process)
         return process
 
@@ -89,3 +98,41 @@ def finished_run(tmp_path_factory, small_data, hf_home):
     result = run_train_process(tiny_run_arguments(small_data, output), hf_home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output, result
+
+
+# --- checks on what a run left behind ----------------------------------------------------------
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def same_weights(first, second):
+    import torch
+
+    a, b = weights(first), weights(second)
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def trainer_state(checkpoint):
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def restores_text(folder):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    batch = tokenizer(["患者因<extra_id_0>入院，给予<extra_id_1>治疗。"], return_tensors="pt")
+    output = model.generate(**batch, max_new_tokens=8)
+    return isinstance(tokenizer.decode(output[0]), str)
+
+
+def wait_for(path, pattern, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and re.search(pattern, path.read_text(encoding="utf-8", errors="replace")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared in {path}")

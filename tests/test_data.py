@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import tiny_run_arguments
 from data import DataError, check_jsonl, check_sentinels
 
 GOOD = {"inputs": "患者出现<extra_id_0>症状。", "targets": "<extra_id_0>胸痛<extra_id_1>"}
@@ -79,3 +80,56 @@ def test_every_input_too_long_is_an_error(run_train, tmp_path, small_data):
     assert "every input is longer than MAX_INPUT_LENGTH=3" in result.stderr
     written = [path.name for path in output.iterdir()] if output.exists() else []
     assert not [name for name in written if name.startswith("checkpoint") or name in ("best", "latest")]
+
+
+def snapshot(folder):
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*"))}
+
+
+def bad_input_case(case, tmp_path, small_data, finished_run):
+    """(command-line overrides, text the one-line error must contain) for each kind of bad input."""
+    if case in BAD_FILES or case == "empty file":
+        lines, expected = BAD_FILES.get(case, ([], "holds no examples"))
+        path = write(tmp_path / "train.jsonl", lines) if lines else str(tmp_path / "train.jsonl")
+        if not lines:
+            (tmp_path / "train.jsonl").write_bytes(b"")
+        return {"TRAIN_FILE": path}, expected.split(": ", 1)[-1]  # the message after "path:line: "
+    no_tokenizer = tmp_path / "model-without-tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text("{}")
+    damaged = tmp_path / "checkpoint-7"
+    damaged.mkdir()
+    output_file = tmp_path / "output-file"
+    output_file.write_text("not a folder")
+    return {
+        "missing file": ({"TRAIN_FILE": tmp_path / "missing.jsonl"}, "does not exist"),
+        "folder instead of file": ({"TRAIN_FILE": tmp_path}, "is a folder"),
+        "unknown constant": ({"EVAL_STEP": 5}, "did you mean EVAL_STEPS?"),
+        "badly typed constant": ({"EVAL_STEPS": "ten"}, "expected int"),
+        "invalid combination": ({"EVAL_STEPS": 10, "SAVE_STEPS": 15}, "not a multiple of EVAL_STEPS"),
+        "model folder missing": ({"MODEL_NAME_OR_PATH": tmp_path / "no-model"}, "no such folder"),
+        "model folder without tokenizer": ({"MODEL_NAME_OR_PATH": no_tokenizer}, "has no tokenizer"),
+        "OUTPUT_DIR is a file": ({"OUTPUT_DIR": output_file}, "is a file"),
+        "damaged RESUME checkpoint": ({"RESUME": damaged}, "cannot resume from it"),
+    }[case]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES) + ["empty file", "missing file", "folder instead of file",
+                                                      "unknown constant", "badly typed constant",
+                                                      "invalid combination", "model folder missing",
+                                                      "model folder without tokenizer", "OUTPUT_DIR is a file",
+                                                      "damaged RESUME checkpoint"])
+def test_bad_input_is_one_line_exit_2_and_leaves_the_run_untouched(case, run_train, tmp_path, small_data,
+                                                                     finished_run):
+    overrides, expected = bad_input_case(case, tmp_path, small_data, finished_run)
+    output = finished_run[0]  # a finished run: not one file of it may change
+    before = snapshot(output)
+    result = run_train(tiny_run_arguments(small_data, output, **overrides), timeout=60)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    named = overrides.get("TRAIN_FILE") or overrides.get("MODEL_NAME_OR_PATH") or overrides.get("OUTPUT_DIR")
+    assert named is None or str(named) in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert snapshot(output) == before

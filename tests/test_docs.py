@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from conftest import ROOT
 from train import default_config
 
@@ -27,6 +29,7 @@ def test_other_languages_are_linked():
     assert (ROOT / "Introduction-to-Other-Languages.md").exists()
 
 
+@pytest.mark.slow
 def test_quick_start_works_as_written_on_a_fresh_copy(tmp_path, hf_home):
     """Runs the README's two quick-start commands in a copy of the project (about 3 minutes)."""
     import json

@@ -5,6 +5,8 @@ import re
 import shutil
 import struct
 
+import pytest
+
 from conftest import tiny_run_arguments
 
 
@@ -112,3 +114,47 @@ def test_live_bar_in_a_terminal_clean_lines_in_the_log(tmp_path, small_data, hf_
     assert "step 10/10 (100.0%)" in text
     log = (output / "train.log").read_text(encoding="utf-8")
     assert "step 10/10 (100.0%)" in log and "\r" not in log and "it/s" not in log and "step/s" not in log
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_torch", "adafactor"])
+def test_memory_planner_static_figures_equal_the_real_tensors_after_a_step(finished_run, tmp_path, optimizer):
+    """Weights, gradients and optimizer state as the planner computes them from shapes on the meta
+    device equal, byte for byte, what one real training step allocates on CPU."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from modeling import load_model
+    from report import static_memory
+
+    folder = str(finished_run[0] / "best")
+    _, shapes = load_model(folder, None, None, None, None, 0, weights=False)
+    planned = static_memory(shapes, optimizer)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), optim=optimizer, report_to="none", use_cpu=True)
+    trainer = Seq2SeqTrainer(model=model, args=args, processing_class=tokenizer)
+    optimizer_object = trainer.create_optimizer()
+    batch = tokenizer(["患者因<extra_id_0>入院。"], text_target=["<extra_id_0>胸痛<extra_id_1>"], return_tensors="pt")
+    model(**batch).loss.backward()
+    parameters = list(model.parameters())
+    gradients = sum(p.grad.numel() * p.grad.element_size() for p in parameters)
+    optimizer_object.step()
+    state = sum(value.numel() * value.element_size() for per_parameter in optimizer_object.state.values()
+                for value in per_parameter.values() if isinstance(value, torch.Tensor))
+    assert planned["weights"] == sum(p.numel() * p.element_size() for p in parameters)
+    assert planned["gradients"] == gradients
+    assert planned["optimizer state"] == state
+
+
+def test_memory_plan_names_changes_that_fit(finished_run):
+    from modeling import load_model
+    from report import memory_plan
+    from train import default_config
+
+    _, shapes = load_model(str(finished_run[0] / "best"), None, None, None, None, 0, weights=False)
+    config = {**default_config(), "OPTIMIZER": "adamw_torch", "GRADIENT_CHECKPOINTING": False,
+              "PER_DEVICE_BATCH_SIZE": 64}
+    lines, fits = memory_plan(shapes, config, lengths=(512, 256))
+    assert fits and "GPU memory estimate" in lines[0]
+    lines, fits = memory_plan(shapes, {**config, "GPU_MEMORY_GB": 0.9}, lengths=(512, 256))
+    assert not fits and lines[1].startswith("It will not fit in 0.9 GB. Changes that fit: --")

@@ -4,35 +4,10 @@ import json
 import re
 import shutil
 import signal
-import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import tiny_run_arguments
-
-
-def weights(folder):
-    return load_file(str(folder / "model.safetensors"))
-
-
-def same_weights(first, second):
-    a, b = weights(first), weights(second)
-    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
-
-
-def trainer_state(checkpoint):
-    return json.loads((checkpoint / "trainer_state.json").read_text())
-
-
-def restores_text(folder):
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
-    batch = tokenizer(["患者因<extra_id_0>入院，给予<extra_id_1>治疗。"], return_tensors="pt")
-    output = model.generate(**batch, max_new_tokens=8)
-    return isinstance(tokenizer.decode(output[0]), str)
+from conftest import restores_text, same_weights, tiny_run_arguments, trainer_state, wait_for
 
 
 def test_run_writes_loadable_best_and_latest(finished_run):
@@ -97,15 +72,6 @@ def test_fresh_start_refuses_to_overwrite_a_run(finished_run, run_train, small_d
     result = run_train(tiny_run_arguments(small_data, output, RESUME="None"), timeout=120)
     assert result.returncode == 2
     assert "already holds a run" in result.stderr and "OVERWRITE_OUTPUT_DIR" in result.stderr
-
-
-def wait_for(path, pattern, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and re.search(pattern, path.read_text(encoding="utf-8", errors="replace")):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{pattern!r} never appeared in {path}")
 
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

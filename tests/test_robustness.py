@@ -1,0 +1,278 @@
+"""Never lose work: a signal at every moment of a run, a second Ctrl+C, torn checkpoints, NaN,
+a full disk and two processes. Each test runs train.py as a real subprocess and checks what a
+user would find on disk afterwards."""
+
+import json
+import random
+import re
+import resource
+import shutil
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, restores_text, same_weights, tiny_run_arguments, trainer_state, wait_for, weights
+from modeling import checkpoint_problem
+
+SLOW_SAVES = {"PYTHONPATH": str(ROOT / "tests" / "slow_saves")}  # every checkpoint write takes seconds
+
+
+def console(tmp_path):
+    return (tmp_path / "console.log").read_text(encoding="utf-8", errors="replace")
+
+
+def copy_of(finished_run, tmp_path):
+    output = tmp_path / "out"
+    shutil.copytree(finished_run[0], output)
+    return output
+
+
+def test_signal_during_evaluation_finishes_it_then_saves(start_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    # All 300 demo validation examples are restored by generation: an evaluation of several seconds.
+    process = start_train(tiny_run_arguments(small_data, output, VALID_FILE=ROOT / "demo" / "valid.jsonl",
+                                             GEN_EVAL_SAMPLES=300, MAX_STEPS=5000, EVAL_STEPS=5, SAVE_STEPS=5))
+    wait_for(tmp_path / "console.log", r"evaluating at step 5 ")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    log = console(tmp_path)
+    assert "SIGTERM received during evaluation" in log and "evaluation at step 5 " in log
+    assert checkpoint_problem(output / "checkpoint-5") is None and not (output / "checkpoint-6").exists()
+    assert same_weights(output / "latest", output / "checkpoint-5")
+    assert same_weights(output / "best", output / "checkpoint-5")
+    assert "Traceback" not in log
+
+
+def test_signal_during_a_checkpoint_save_lets_it_finish(start_train, finished_run, tmp_path, small_data):
+    output = copy_of(finished_run, tmp_path)
+    process = start_train(tiny_run_arguments(small_data, output, MAX_STEPS=40, EVAL_STEPS=5, SAVE_STEPS=5),
+                          environment=SLOW_SAVES)
+    wait_for(tmp_path / "console.log", r"SLOW SAVE \S*checkpoint-25")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    log = console(tmp_path)
+    assert "SIGINT received during saving a checkpoint" in log and "Traceback" not in log
+    assert checkpoint_problem(output / "checkpoint-25") is None and not (output / "checkpoint-26").exists()
+    assert trainer_state(output / "checkpoint-25")["global_step"] == 25
+    assert same_weights(output / "latest", output / "checkpoint-25")
+
+
+def test_second_ctrl_c_quits_at_once_and_every_earlier_save_survives(start_train, run_train, finished_run,
+                                                                       tmp_path, small_data):
+    output = copy_of(finished_run, tmp_path)
+    arguments = tiny_run_arguments(small_data, output, MAX_STEPS=40, EVAL_STEPS=5, SAVE_STEPS=5)
+    process = start_train(arguments, environment=SLOW_SAVES)
+    wait_for(tmp_path / "console.log", r"SLOW SAVE \S*checkpoint-25")
+    process.send_signal(signal.SIGINT)
+    wait_for(tmp_path / "console.log", r"SIGINT received")
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    assert process.wait(timeout=60) == 130
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in console(tmp_path)
+    # The save in progress is incomplete; everything written before it is intact and loadable.
+    assert checkpoint_problem(output / "checkpoint-25") is not None
+    assert checkpoint_problem(output / "checkpoint-20") is None
+    assert same_weights(output / "latest", finished_run[0] / "latest") and restores_text(output / "latest")
+    assert restores_text(output / "best")
+    result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=25, EVAL_STEPS=5, SAVE_STEPS=5))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Skipping {output / 'checkpoint-25'}: incomplete" in result.stdout
+    assert f"Resuming from {output / 'checkpoint-20'}" in result.stdout
+    assert checkpoint_problem(output / "checkpoint-25") is None
+
+
+def test_signal_while_tokenizing_at_start_up_exits_without_outputs(start_train, finished_run, tmp_path,
+                                                                    small_data):
+    lines = (ROOT / "demo" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(lines * 20) + "\n", encoding="utf-8")  # 60,000 examples: seconds to tokenize
+    output = tmp_path / "out"
+    process = start_train(tiny_run_arguments((big, small_data[1]), output, MODEL_NAME_OR_PATH=finished_run[0] / "best"),
+                          environment={"HF_HOME": str(tmp_path / "fresh-cache")})
+    wait_for(tmp_path / "console.log", r"Tokenizing train")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    log = console(tmp_path)
+    assert "Interrupted" in log and "Traceback" not in log
+    assert {path.name for path in output.iterdir()} <= {"train.log"}  # no checkpoint, best/, latest/, config
+
+
+@pytest.mark.parametrize("damage", ["missing trainer_state.json", "truncated weights", "truncated optimizer",
+                                    "damaged trainer_state.json", "no weights"])
+def test_checkpoint_problem_names_each_kind_of_damage(finished_run, tmp_path, damage):
+    checkpoint = tmp_path / "checkpoint-20"
+    shutil.copytree(finished_run[0] / "checkpoint-20", checkpoint)
+    assert checkpoint_problem(checkpoint) is None
+    if damage == "missing trainer_state.json":
+        (checkpoint / "trainer_state.json").unlink()
+    elif damage == "damaged trainer_state.json":
+        (checkpoint / "trainer_state.json").write_text('{"global_step": 2')
+    elif damage == "no weights":
+        (checkpoint / "model.safetensors").unlink()
+    else:
+        path = checkpoint / ("model.safetensors" if damage == "truncated weights" else "optimizer.pt")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert checkpoint_problem(checkpoint)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(run_train, finished_run, tmp_path, small_data):
+    output = copy_of(finished_run, tmp_path)
+    weights_file = output / "checkpoint-20" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    result = run_train(tiny_run_arguments(small_data, output))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Skipping {output / 'checkpoint-20'}: model.safetensors is missing or damaged" in result.stdout
+    assert f"Resuming from {output / 'checkpoint-10'}" in result.stdout
+    assert checkpoint_problem(output / "checkpoint-20") is None
+
+
+def test_nan_stops_with_its_own_exit_code_and_keeps_best(run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    # The warm-up makes the first update a no-op (learning rate 0), so step 1 is a good model; the
+    # second update, at 1e30, blows the weights up and every later gradient is NaN.
+    result = run_train(tiny_run_arguments(small_data, output, LEARNING_RATE=1e33, WARMUP_STEPS=1000, MAX_STEPS=40,
+                                          EVAL_STEPS=1, SAVE_STEPS=1, LOGGING_STEPS=1, MAX_NONFINITE_STEPS=3,
+                                          SAVE_TOTAL_LIMIT=2, GEN_EVAL_SAMPLES=4))
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "non-finite gradient norm (nan); update skipped (1 of 3" in result.stdout
+    assert "Likely causes" in result.stdout and "PRECISION='bf16'" in result.stdout
+    assert "Traceback" not in result.stderr
+    stopped = int(re.search(r"in a row with NaN/inf loss or gradients at step (\d+)", result.stdout).group(1))
+    checkpoints = sorted(int(path.name.split("-")[1]) for path in output.glob("checkpoint-*"))
+    assert max(checkpoints) == stopped - 1  # the stopping step saved nothing
+    best_step = trainer_state(output / f"checkpoint-{max(checkpoints)}")["best_global_step"]
+    # Rotation kept the best checkpoint although newer ones were deleted, and best/ equals it.
+    assert best_step in checkpoints and len(checkpoints) == 2 and best_step < max(checkpoints) - 1
+    assert same_weights(output / "best", output / f"checkpoint-{best_step}")
+    # latest/ holds the last good weights: finite, equal to the newest checkpoint's (bad steps change nothing).
+    assert all(torch.isfinite(tensor).all() for tensor in weights(output / "latest").values())
+    assert same_weights(output / "latest", output / f"checkpoint-{max(checkpoints)}")
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert any(record.get("grad_norm") != record.get("grad_norm") for record in records), "NaN must be logged"
+
+
+def test_full_disk_during_a_save_is_one_line_and_keeps_earlier_saves(start_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    process = start_train(tiny_run_arguments(small_data, output, MAX_STEPS=5000, EVAL_STEPS=5, SAVE_STEPS=5,
+                                             LOGGING_STEPS=1))
+    wait_for(output / "train.log", r"step 7/")  # checkpoint-5 and best/ are complete
+    # From now on no file may grow past 1 MB, so the next weights file fails to write: the
+    # kernel's "File too large" stands in for "No space left on device".
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    assert process.wait(timeout=120) == 4
+    log = console(tmp_path)
+    error_lines = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "could not write" in error_lines[0] and "free disk space" in error_lines[0]
+    assert "Traceback" not in log
+    assert checkpoint_problem(output / "checkpoint-5") is None and not (output / "checkpoint-10").exists()
+    assert restores_text(output / "best") and not (output / "best.tmp").exists()
+
+
+def test_unwritable_output_dir_is_refused_before_anything_runs(run_train, tmp_path, small_data):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = run_train(tiny_run_arguments(small_data, blocker / "out"), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: OUTPUT_DIR=") and "cannot be written" in result.stderr
+
+
+def test_resume_reports_changed_batch_size_data_and_schedule(run_train, finished_run, tmp_path, small_data):
+    output = copy_of(finished_run, tmp_path)
+    changed_data = tmp_path / "train.jsonl"
+    changed_data.write_text(small_data[0].read_text(encoding="utf-8") * 2, encoding="utf-8")
+    changes = dict(TRAIN_FILE=changed_data, PER_DEVICE_BATCH_SIZE=4, MAX_STEPS=22)
+    refused = run_train(tiny_run_arguments(small_data, output, RESUME_CHANGES="refuse", **changes))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    message = refused.stderr.strip().splitlines()[-1]  # after the tokenization progress bars
+    assert message.startswith("error: ") and "Traceback" not in refused.stderr
+    for phrase in ("effective_batch_size 8 -> 4", "training_data", "max_steps 20 -> 22", "RESUME_CHANGES='warn'"):
+        assert phrase in message
+    assert not (output / "checkpoint-22").exists()
+    warned = run_train(tiny_run_arguments(small_data, output, **changes))
+    assert warned.returncode == 0, warned.stderr[-3000:]
+    assert "Changed since" in warned.stdout and "effective_batch_size 8 -> 4" in warned.stdout
+    assert trainer_state(output / "checkpoint-22")["global_step"] == 22
+
+
+def test_two_processes_stop_together_and_resume_in_one(start_train, run_train, tmp_path, small_data):
+    output = tmp_path / "out"
+    arguments = tiny_run_arguments(small_data, output, PER_DEVICE_BATCH_SIZE=4, MAX_STEPS=5000, EVAL_STEPS=5,
+                                   SAVE_STEPS=5, LOGGING_STEPS=1)
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                str(ROOT / "train.py"))
+    launcher = start_train(arguments, command=torchrun)
+    wait_for(output / "train.log", r"New best eval_loss")
+    wait_for(output / "train.log", r"step (1[1-9]|[2-9]\d)/5000")
+    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    launcher.wait(timeout=120)
+    log = console(tmp_path)
+    assert log.count("Latest weights (step") == 1, "only the main process writes latest/"
+    stopped = int(re.search(r"Latest weights \(step (\d+)\)", log).group(1))
+    assert checkpoint_problem(output / f"checkpoint-{stopped}") is None
+    assert same_weights(output / "latest", output / f"checkpoint-{stopped}")
+    assert restores_text(output / "best") and restores_text(output / "latest")
+    assert not list(output.glob("*.tmp")) and not list(output.glob("*.old"))
+    result = run_train(tiny_run_arguments(small_data, output, PER_DEVICE_BATCH_SIZE=8, MAX_STEPS=stopped + 2,
+                                          EVAL_STEPS=5, SAVE_STEPS=5))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Resuming from {output / f'checkpoint-{stopped}'}" in result.stdout
+    assert "processes 2 -> 1" in result.stdout
+
+
+def loads(folder):
+    """from_pretrained accepts the folder (weights, config and tokenizer)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(folder)
+    AutoModelForSeq2SeqLM.from_pretrained(folder)
+    return True
+
+
+def newest_complete_checkpoint(output):
+    steps = [int(path.name.split("-")[1]) for path in output.glob("checkpoint-*") if not checkpoint_problem(path)]
+    return max(steps, default=None)
+
+
+@pytest.mark.slow
+def test_twenty_interrupts_at_random_moments_lose_nothing(start_train, tmp_path, small_data):
+    """Start, interrupt at a random moment (start-up, step, evaluation, save; sometimes twice),
+    check what is on disk, start again: twenty times. Each start must resume at the newest
+    complete checkpoint, which after a graceful stop is the step the stop reported."""
+    output = tmp_path / "out"
+    arguments = tiny_run_arguments(small_data, output, MAX_STEPS=5000, EVAL_STEPS=5, SAVE_STEPS=5, LOGGING_STEPS=1,
+                                   EARLY_STOPPING_START_STEP=100000)
+    chooser = random.Random(20261123)
+    for attempt in range(20):
+        before = newest_complete_checkpoint(output) if output.exists() else None
+        process = start_train(arguments)
+        if chooser.random() < 0.2:  # during start-up: loading, tokenizing
+            time.sleep(chooser.uniform(0.5, 3.0))
+        else:  # during training: a step, an evaluation or a save (every 5 steps)
+            wait_for(tmp_path / "console.log", r"Training tiny-local-t5 on")
+            time.sleep(chooser.uniform(0.0, 4.0))
+        signal_number = chooser.choice([signal.SIGINT, signal.SIGTERM])
+        process.send_signal(signal_number)
+        if chooser.random() < 0.25:  # an impatient second press
+            time.sleep(chooser.uniform(0.0, 0.5))
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=120)
+        log = console(tmp_path)
+        assert code in (130, 143), f"attempt {attempt}: exit {code}\n{log[-3000:]}"
+        assert "Traceback" not in log, f"attempt {attempt}\n{log[-3000:]}"
+        beginning = re.search(r"Resuming from \S+\.$|Starting a fresh run", log, flags=re.M)
+        if before is not None and beginning:  # (a signal in the first second comes before this line)
+            assert beginning.group(0) == f"Resuming from {output / f'checkpoint-{before}'}.", f"attempt {attempt}"
+        stopped = re.search(r"Latest weights \(step (\d+)\)", log)
+        if stopped:  # a graceful stop: the checkpoint of that very step is the next starting point
+            assert newest_complete_checkpoint(output) == int(stopped.group(1))
+            assert (output / "latest").exists()
+        for folder in ("best", "latest"):  # whatever exists loads: no save is ever half-written
+            if (output / folder).exists():
+                assert loads(output / folder), f"attempt {attempt}: {folder}/ does not load"
+    assert loads(output / "best") and loads(output / "latest")
+    assert newest_complete_checkpoint(output) > 20, "the interrupted runs made progress between them"
