@@ -77,15 +77,26 @@ def synthetic_lexicon(folder, count=20_000, seed=0):
     return path, terms
 
 
+def peak_resident_mb():
+    """This process's peak resident memory. Read from /proc (VmHWM), because getrusage's maxrss
+    survives exec on Linux and would report the parent's peak, torch and all."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_prepare_alone(corpus, lexicon, out):
     """prepare.py in its own process (one core): (seconds, peak resident memory in MB)."""
     code = (
-        "import resource, sys, time\n"
+        "import time\n"
+        "from bench import peak_resident_mb\n"
         "from prepare import parse_options, prepare\n"
         f"options = parse_options(['--text', {corpus!r}, '--lexicon', {lexicon!r}, '--out', {out!r}])\n"
         "start = time.perf_counter()\n"
         "prepare(options, report=lambda line: None)\n"
-        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(time.perf_counter() - start, peak_resident_mb())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -242,8 +253,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir)
     # The same restoration test for every recipe: the first 100 validation examples, greedy.
     inputs, targets = zip(*validation[:100])
     scores = restoration_metrics(generate(model, tokenizer, list(inputs), 64, 512, 64), list(targets))
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else peak_resident_mb()
     return {"recipe": recipe, "seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
             "flops": trainer.flops, "evaluation_seconds": evaluation_seconds,
             "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak, **scores}
