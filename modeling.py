@@ -47,11 +47,11 @@ def build_tiny_t5(train_file, input_column, target_column, seed):
     return tokenizer, T5ForConditionalGeneration(config)
 
 
-def load_model(name, checkpoint, train_file, input_column, target_column, seed, weights=True):
+def load_model(name, checkpoint, train_file, input_column, target_column, seed, weights=True, tokenizer=None):
     """Tokenizer and model from a hub name or folder; TINY_MODEL builds (or, resuming, reloads) the tiny T5.
 
     weights=False gives the model's shapes only (on the meta device, no memory, no weights read),
-    enough to plan memory.
+    enough to plan memory. A `tokenizer` given is used as is (mT5's takes seconds to load).
     """
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -61,7 +61,7 @@ def load_model(name, checkpoint, train_file, input_column, target_column, seed, 
     elif name == TINY_MODEL:
         return build_tiny_t5(train_file, input_column, target_column, seed)
     local = os.path.isdir(name)  # a local folder never touches the network
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, local_files_only=local)
     if not weights:
         with torch.device("meta"):
             return tokenizer, AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(name, local_files_only=local))

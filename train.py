@@ -401,7 +401,7 @@ def train(config, flags, checkpoint, interrupt):
     report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     report_memory(model, config, counts, precision_flags)
     if model.device.type == "meta":
-        tokenizer, model = load_model(*model_source)
+        model = load_model(*model_source, tokenizer=tokenizer)[1]
     if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
         os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
     args = training_arguments(config, precision_flags)
