@@ -395,16 +395,17 @@ def train(config, flags, checkpoint, interrupt):
                     config["TARGET_COLUMN"], config["SEED"])
     # Shapes only at first (the tiny model is built whole): the memory plan comes before loading.
     tokenizer, model = load_model(*model_source, weights=config["MODEL_NAME_OR_PATH"] == TINY_MODEL and not checkpoint)
+    if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
+    args = training_arguments(config, precision_flags)
     files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
-    datasets_by_split, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
-                                               config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    with args.main_process_first(desc="tokenizing"):  # under torchrun the others then read its cache
+        datasets_by_split, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
+                                                   config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     report_memory(model, config, counts, precision_flags)
     if model.device.type == "meta":
         model = load_model(*model_source, tokenizer=tokenizer)[1]
-    if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
-        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
-    args = training_arguments(config, precision_flags)
     # 3. Trainer and the DomainFocus callbacks.
     early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
                                           config["EARLY_STOPPING_THRESHOLD"])
