@@ -20,6 +20,8 @@ Sections:
              utilisation against the matrix-multiply peak measured here, and the restoration
              metrics on the same 100 validation examples after the budget; then the ratios.
   callbacks  the DomainFocus callbacks' time per optimizer step against the step time.
+  trim       TRIM_VOCAB on the tiny model given a 27,000-token vocabulary: tokens, parameters,
+             steps/s, tokens/s and peak memory before and after, with this tool's recipe.
   memory     weights, gradients, optimizer state and the planner's full estimate for mt5-small,
              mt5-base and mt5-large with each optimizer, computed from their configs.
   startup    time from start to the first training step, first start against second start with
@@ -373,6 +375,56 @@ def bench_startup(folder, model, valid_file):
           "the second reuses the tokenization cache).")
 
 
+def large_vocabulary_folder(folder, train_file):
+    """The tiny T5 with a vocabulary of about 27,000 tokens instead of about 650: SentencePiece also
+    trained on 3 MB of synthetic Chinese, as mT5's vocabulary covers far more than one domain uses."""
+    from modeling import build_tiny_t5
+
+    _, terms = synthetic_lexicon(folder)
+    corpus = synthetic_corpus(folder, 3, terms)
+    tokenizer, model = build_tiny_t5(train_file, "inputs", "targets", 42, vocab_size=30000, extra_text=corpus,
+                                     max_piece_length=16)
+    path = os.path.join(folder, "large-vocabulary")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def bench_trim(options, folder):
+    """TRIM_VOCAB on a model whose vocabulary is far larger than the data needs: parameters, speed, memory."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from data import first_examples
+    from modeling import model_saver, trim_vocabulary
+
+    large = large_vocabulary_folder(folder, options.train_file)
+    tokenizer, model = AutoTokenizer.from_pretrained(large), AutoModelForSeq2SeqLM.from_pretrained(large)
+    counts = {"large": (len(tokenizer), model.num_parameters())}
+    texts = [text for path in (options.train_file, options.valid_file)
+             for pair in first_examples(path, "inputs", "targets", float("inf")) for text in pair]
+    tokenizer, model = trim_vocabulary(tokenizer, model, texts, os.path.join(folder, "trim-work"))
+    trimmed = os.path.join(folder, "trimmed")
+    model_saver(model, tokenizer)(trimmed)
+    counts["trimmed"] = (len(tokenizer), model.num_parameters())
+    results = {}
+    for name, path in (("large", large), ("trimmed", trimmed)):
+        out = os.path.join(folder, f"trim-{name}.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", "tool", "--model", path,
+                        "--train-file", options.train_file, "--valid-file", options.valid_file,
+                        "--budget", str(options.budget / 2), "--out", out], check=True, cwd=HERE,
+                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
+        with open(out, encoding="utf-8") as handle:
+            results[name] = json.load(handle)
+    print(f"\nTRIM_VOCAB, this tool's recipe for {options.budget / 2:.0f} s each:\n")
+    print("| vocabulary | tokens | parameters | steps/s | real tokens/s | peak memory | span_accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, result in results.items():
+        tokens, parameters = counts[name]
+        print(f"| {name} | {tokens:,} | {parameters / 1e6:.2f} M | {result['steps'] / result['seconds']:.2f} | "
+              f"{result['real_tokens'] / result['seconds']:.0f} | {result['peak_mb']:.0f} MB | "
+              f"{result['span_accuracy']:.3f} |")
+
+
 # The published configs of Google's mT5 checkpoints (vocabulary 250,112, d_kv 64, gated GELU,
 # LM head not tied to the embedding): (d_model, d_ff, layers per stack, heads).
 MT5_CONFIGS = {"mt5-small": (512, 1024, 8, 6), "mt5-base": (768, 2048, 12, 12), "mt5-large": (1024, 2816, 24, 16)}
@@ -411,7 +463,7 @@ def bench_memory():
 
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
-    parser.add_argument("--only", choices=("train", "callbacks", "startup", "memory", "prepare"), help="run one section")
+    parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare"), help="run one section")
     parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
     parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
     parser.add_argument("--valid-file", default=os.path.join(HERE, "demo", "valid.jsonl"))
@@ -443,6 +495,8 @@ def main():
             bench_callbacks(tool_step)
         if options.only in (None, "startup"):
             bench_startup(folder, model, options.valid_file)
+        if options.only in (None, "trim"):
+            bench_trim(options, folder)
         if options.only in (None, "memory"):
             print()
             bench_memory()

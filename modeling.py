@@ -10,11 +10,14 @@ import tempfile
 TINY_MODEL = "tiny-local-t5"
 
 
-def build_tiny_t5(train_file, input_column, target_column, seed):
+def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000, extra_text=None,
+                  max_piece_length=4):
     """A tiny T5 built on this machine: SentencePiece trained on the training text, small config.
 
     Used by --demo and the tests, so that nothing is downloaded. The tokenizer follows T5's
-    layout (pad 0, eos 1, unk 2, 100 sentinels at the end of the vocabulary).
+    layout (pad 0, eos 1, unk 2, 100 sentinels at the end of the vocabulary). bench.py and the
+    trimming test add `extra_text` (a .txt file) and a large `vocab_size` to get an mT5-like
+    vocabulary far larger than the data needs.
     """
     import sentencepiece
     import torch
@@ -29,15 +32,18 @@ def build_tiny_t5(train_file, input_column, target_column, seed):
                     example = json.loads(line)
                     for column in (input_column, target_column):
                         yield SENTINEL.sub(" ", example[column])
+        if extra_text:
+            with open(extra_text, encoding="utf-8") as handle:
+                yield from (line for line in handle if line.strip())
 
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "spiece.model"), "wb") as model_file:
             sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=sentences(), model_writer=model_file, vocab_size=1000, hard_vocab_limit=False,
+                sentence_iterator=sentences(), model_writer=model_file, vocab_size=vocab_size, hard_vocab_limit=False,
                 model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                 # Short pieces, as in mT5's vocabulary: repetitive demo text would otherwise merge
                 # a whole phrase, term included, into one token and hide the term from the model.
-                max_sentencepiece_length=4, num_threads=1, minloglevel=2,
+                max_sentencepiece_length=max_piece_length, num_threads=1, minloglevel=2, max_sentence_length=100000,
             )
         tokenizer = T5Tokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
@@ -210,3 +216,63 @@ def model_saver(model, tokenizer):
         tokenizer.save_pretrained(folder)
 
     return save
+
+
+def trim_vocabulary(tokenizer, model, texts, folder):
+    """Keep only the tokens `texts` use; returns (tokenizer, model) with the smaller vocabulary.
+
+    Kept: every token the texts tokenize to, every special and sentinel token, and a safety set
+    of each character seen as a token of its own (with and without the word-start mark), so
+    that unseen words made of known characters still tokenize. The SentencePiece (Unigram)
+    vocabulary in tokenizer.json keeps its order and scores, so text made of kept tokens is
+    segmented exactly as before: removing pieces a best segmentation does not use cannot change
+    it. The embedding and LM-head rows are cut to match; the new tokenizer is written to `folder`
+    and loaded back with from_pretrained, so what is saved later is consistent.
+    """
+    import torch
+
+    description = json.loads(tokenizer.backend_tokenizer.to_str())
+    if description["model"]["type"] != "Unigram":
+        raise ValueError(f"TRIM_VOCAB supports SentencePiece (Unigram) tokenizers such as T5's and mT5's, "
+                         f"not {description['model']['type']}.")
+    keep = {token["id"] for token in description["added_tokens"]}
+    characters = set()
+    for start in range(0, len(texts), 1000):
+        batch = texts[start:start + 1000]
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            keep.update(ids)
+        characters.update(*map(set, batch))
+    vocabulary = tokenizer.get_vocab()
+    keep.update(vocabulary[piece] for character in characters for piece in (character, "\u2581" + character)
+                if piece in vocabulary)
+    old_ids = sorted(keep)
+    new_id = {old: new for new, old in enumerate(old_ids)}
+    description["model"]["vocab"] = [description["model"]["vocab"][old] for old in old_ids]
+    description["model"]["unk_id"] = new_id[description["model"]["unk_id"]]
+    for token in description["added_tokens"]:
+        token["id"] = new_id[token["id"]]
+    for special in (description.get("post_processor") or {}).get("special_tokens", {}).values():
+        special["ids"] = [new_id[old] for old in special["ids"]]
+    tokenizer.save_pretrained(folder)
+    for name in os.listdir(folder):  # the trimmed tokenizer.json is the only source of the vocabulary
+        if name.endswith(".model"):
+            os.remove(os.path.join(folder, name))
+    with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as handle:
+        json.dump(description, handle, ensure_ascii=False)
+    from transformers import AutoTokenizer
+
+    trimmed = AutoTokenizer.from_pretrained(folder)
+    index = torch.tensor(old_ids)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight.data[index].clone()
+    embedding = torch.nn.Embedding(len(old_ids), model.config.d_model)
+    embedding.weight.data = model.get_input_embeddings().weight.data[index].clone()
+    model.set_input_embeddings(embedding)
+    if not tied:
+        output = torch.nn.Linear(model.config.d_model, len(old_ids), bias=False)
+        output.weight.data = head
+        model.set_output_embeddings(output)
+    else:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    model.config.vocab_size = len(old_ids)
+    return trimmed, model
