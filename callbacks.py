@@ -393,6 +393,7 @@ class GracefulInterrupt(TrainerCallback):
         self.repeat_window = 2.0 if "TORCHELASTIC_RUN_ID" in os.environ else 0.0
 
     def install(self):
+        self.process = os.getpid()
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
 
@@ -401,6 +402,8 @@ class GracefulInterrupt(TrainerCallback):
         self.activity = "a training step"
 
     def handle(self, signal_number, frame):
+        if os.getpid() != getattr(self, "process", os.getpid()):
+            return  # a data-loader worker forked from the trainer: the trainer itself decides
         now = time.monotonic()
         if self.received_at is not None and now - self.received_at < self.repeat_window:
             return
