@@ -83,6 +83,32 @@ def check_jsonl(path, input_column, target_column, constant):
     return count
 
 
+def check_jsonl_once(path, input_column, target_column, constant):
+    """check_jsonl, skipped when this very file (path, size, modification time) passed before.
+
+    Parsing every line costs about 0.15 s per MB (40 s for 256 MB) on every start and resume;
+    a stamp in the datasets cache folder remembers a file that passed. A changed file is checked
+    again, and a file that failed never gets a stamp.
+    """
+    if not os.path.isfile(path):
+        return check_jsonl(path, input_column, target_column, constant)  # says what is wrong
+    status = os.stat(path)
+    key = json.dumps([os.path.abspath(path), status.st_size, status.st_mtime_ns, input_column, target_column,
+                      TOKENIZATION_VERSION])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    folder = os.environ.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets")
+    stamp = os.path.join(folder, "domainfocus-checked", hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
+    if os.path.isfile(stamp):
+        return
+    check_jsonl(path, input_column, target_column, constant)
+    try:
+        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        with open(stamp, "w", encoding="utf-8") as handle:
+            handle.write(key)
+    except OSError:
+        pass  # without a stamp the next start checks the file again, nothing worse
+
+
 def first_examples(path, input_column, target_column, limit):
     """The first `limit` (inputs, targets) pairs of a file that check_jsonl has accepted."""
     examples = []

@@ -297,7 +297,7 @@ def training_arguments(config, precision_flags):
 
 
 def main(argv):
-    from data import check_jsonl
+    from data import check_jsonl_once
 
     if argv[:1] == ["--plot"]:
         return plot_only(argv[1:])
@@ -306,7 +306,7 @@ def main(argv):
     check_config(config)
     files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
     for split, constant in (("train", "TRAIN_FILE"), ("validation", "VALID_FILE")):
-        check_jsonl(files[split], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
+        check_jsonl_once(files[split], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
     checkpoint, skipped = find_checkpoint(config)
     if "check" in flags:
         print("\n".join(skipped))

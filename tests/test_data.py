@@ -133,3 +133,20 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_untouched(case, run_tra
     assert named is None or str(named) in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
     assert snapshot(output) == before
+
+
+def test_a_file_that_passed_is_not_parsed_again_until_it_changes(tmp_path, monkeypatch):
+    import data
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    path = write(tmp_path / "train.jsonl", [json.dumps(GOOD)])
+    calls = []
+    monkeypatch.setattr(data, "check_jsonl", lambda *arguments: calls.append(arguments))
+    data.check_jsonl_once(path, "inputs", "targets", "TRAIN_FILE")
+    data.check_jsonl_once(path, "inputs", "targets", "TRAIN_FILE")
+    assert len(calls) == 1
+    write(tmp_path / "train.jsonl", [json.dumps(GOOD), "{broken"])  # changed: size and time differ
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    with pytest.raises(DataError, match=":2: invalid JSON"):
+        data.check_jsonl_once(path, "inputs", "targets", "TRAIN_FILE")
