@@ -166,6 +166,10 @@ def make_trainer_class():
             # LEARNING_RATE set now must win, or lowering it after a divergence would do nothing.
             if checkpoint and hasattr(self.lr_scheduler, "base_lrs"):
                 self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
+                step = self.lr_scheduler.last_epoch  # and the very next update already uses it
+                for group, factor in zip(self.optimizer.param_groups, getattr(self.lr_scheduler, "lr_lambdas", ())):
+                    group["lr"] = self.args.learning_rate * factor(step)
+                self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what gets logged
 
         def _save_checkpoint(self, model, trial):
             # The Trainer writes checkpoint-N file by file; a failed write (full disk) must not

@@ -184,7 +184,7 @@ def test_resume_reports_changed_batch_size_data_and_schedule(run_train, finished
     output = copy_of(finished_run, tmp_path)
     changed_data = tmp_path / "train.jsonl"
     changed_data.write_text(small_data[0].read_text(encoding="utf-8") * 2, encoding="utf-8")
-    changes = dict(TRAIN_FILE=changed_data, PER_DEVICE_BATCH_SIZE=4, MAX_STEPS=22)
+    changes = dict(TRAIN_FILE=changed_data, PER_DEVICE_BATCH_SIZE=4, MAX_STEPS=22, LEARNING_RATE=1e-4, LOGGING_STEPS=1)
     refused = run_train(tiny_run_arguments(small_data, output, RESUME_CHANGES="refuse", **changes))
     assert refused.returncode == 2, refused.stderr[-3000:]
     message = refused.stderr.strip().splitlines()[-1]  # after the tokenization progress bars
@@ -195,7 +195,11 @@ def test_resume_reports_changed_batch_size_data_and_schedule(run_train, finished
     warned = run_train(tiny_run_arguments(small_data, output, **changes))
     assert warned.returncode == 0, warned.stderr[-3000:]
     assert "Changed since" in warned.stdout and "effective_batch_size 8 -> 4" in warned.stdout
+    assert "learning_rate 0.001 -> 0.0001" in warned.stdout
     assert trainer_state(output / "checkpoint-22")["global_step"] == 22
+    # The learning rate set now is used from the first resumed step on (not the checkpoint's).
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [record["learning_rate"] for record in records if record["step"] > 20 and "loss" in record] == [1e-4, 1e-4]
 
 
 def test_two_processes_stop_together_and_resume_in_one(start_train, run_train, tmp_path, small_data):
