@@ -384,6 +384,7 @@ class GracefulInterrupt(TrainerCallback):
 
     def __init__(self, quit_now):
         self.quit_now = quit_now
+        self.process = os.getpid()  # forked data-loader workers inherit the handler but not this number
         self.signal_number = None
         self.received_at = None
         self.armed = False
@@ -393,7 +394,6 @@ class GracefulInterrupt(TrainerCallback):
         self.repeat_window = 2.0 if "TORCHELASTIC_RUN_ID" in os.environ else 0.0
 
     def install(self):
-        self.process = os.getpid()
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
 
@@ -402,7 +402,7 @@ class GracefulInterrupt(TrainerCallback):
         self.activity = "a training step"
 
     def handle(self, signal_number, frame):
-        if os.getpid() != getattr(self, "process", os.getpid()):
+        if os.getpid() != self.process:
             return  # a data-loader worker forked from the trainer: the trainer itself decides
         now = time.monotonic()
         if self.received_at is not None and now - self.received_at < self.repeat_window:

@@ -3,11 +3,13 @@ and the tests), the Trainer subclass with restoration metrics, and saving best/ 
 """
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 
 TINY_MODEL = "tiny-local-t5"
+logger = logging.getLogger("domainfocus")
 
 
 def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000, extra_text=None,
@@ -150,7 +152,7 @@ def make_trainer_class():
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
-            if self.guard:
+            if self.guard and self.args.fp16:  # elsewhere the gradient norm tells, without a sync per micro-batch
                 self.guard.loss_seen(loss)
             return loss
 
@@ -280,3 +282,18 @@ def trim_vocabulary(tokenizer, model, texts, folder):
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     model.config.vocab_size = len(old_ids)
     return trimmed, model
+
+
+def trim_model(tokenizer, model, config):
+    """TRIM_VOCAB: trim to the tokens of TRAIN_FILE and VALID_FILE, and log what it saved."""
+    from data import first_examples
+
+    texts = [text for path in (config["TRAIN_FILE"], config["VALID_FILE"])
+             for pair in first_examples(path, config["INPUT_COLUMN"], config["TARGET_COLUMN"], float("inf"))
+             for text in pair]
+    before, tokens = model.num_parameters(), len(tokenizer)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer, model = trim_vocabulary(tokenizer, model, texts, folder)
+    logger.info("TRIM_VOCAB: %d -> %d tokens, %.1f M -> %.1f M parameters.", tokens, len(tokenizer), before / 1e6,
+                model.num_parameters() / 1e6)
+    return tokenizer, model

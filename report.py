@@ -397,3 +397,11 @@ def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_
     if state.best_global_step:
         logger.info("Use: python restore.py --model %s --input damaged.txt --output restored.jsonl",
                     shlex.quote(os.path.join(output_dir, "best")))
+
+
+def report_memory(model, config, counts, precision_flags):
+    longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
+    lines, fits = memory_plan(model, config, precision_flags["bf16"] or precision_flags["fp16"], longest)
+    logger.info(lines[0])
+    if not fits:
+        logger.warning(lines[1])

@@ -74,7 +74,7 @@ import sys
 import time
 
 from modeling import TINY_MODEL, checkpoint_problem
-from report import is_main_process, setup_logging, write_json_atomically, write_text
+from report import is_main_process, report_memory, setup_logging, write_json_atomically, write_text
 from spans import RESTORATION_METRICS
 
 CHOICES = {
@@ -309,7 +309,8 @@ def main(argv):
         check_jsonl_once(files[split], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
     checkpoint, skipped = find_checkpoint(config)
     if "check" in flags:
-        print("\n".join(skipped))
+        for note in skipped:
+            print(note)
         return check_plan(config, checkpoint)
     output_dir = config["OUTPUT_DIR"]
     if config["RESUME"] is None and is_main_process():
@@ -364,36 +365,6 @@ def check_plan(config, checkpoint):
     return 0
 
 
-def report_memory(model, config, counts, precision_flags):
-    from report import memory_plan
-
-    longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
-    lines, fits = memory_plan(model, config, precision_flags["bf16"] or precision_flags["fp16"], longest)
-    logger.info(lines[0])
-    if not fits:
-        logger.warning(lines[1])
-
-
-def trim_model(tokenizer, model, config):
-    import tempfile
-
-    from data import first_examples
-    from modeling import trim_vocabulary
-
-    texts = [text for path in (config["TRAIN_FILE"], config["VALID_FILE"])
-             for pair in first_examples(path, config["INPUT_COLUMN"], config["TARGET_COLUMN"], float("inf"))
-             for text in pair]
-    before, tokens = model.num_parameters(), len(tokenizer)
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            tokenizer, model = trim_vocabulary(tokenizer, model, texts, folder)
-        except ValueError as error:  # a tokenizer that is not SentencePiece
-            raise ConfigError(f"TRIM_VOCAB=True: {error} Set TRIM_VOCAB=False for this model.") from None
-    logger.info("TRIM_VOCAB: %d -> %d tokens, %.1f M -> %.1f M parameters.", tokens, len(tokenizer), before / 1e6,
-                model.num_parameters() / 1e6)
-    return tokenizer, model
-
-
 def train(config, flags, checkpoint, interrupt):
     import torch
     from transformers import DataCollatorForSeq2Seq, set_seed
@@ -402,7 +373,7 @@ def train(config, flags, checkpoint, interrupt):
                            MetricsFileCallback, NonFiniteGuard, ResumeCheck, SafeDetailedProgressCallback,
                            recover_interrupted_saves, save_atomically)
     from data import file_fingerprint, first_examples, load_tokenized, report_truncation
-    from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train
+    from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train, trim_model
     from report import model_card, plot_run, run_record, summarize
 
     output_dir = config["OUTPUT_DIR"]
@@ -420,7 +391,10 @@ def train(config, flags, checkpoint, interrupt):
     # Shapes only at first (the tiny model is built whole): the memory plan comes before loading.
     tokenizer, model = load_model(*model_source, weights=trim or (name == TINY_MODEL and not checkpoint))
     if trim:
-        tokenizer, model = trim_model(tokenizer, model, config)
+        try:
+            tokenizer, model = trim_model(tokenizer, model, config)
+        except ValueError as error:  # a tokenizer that is not SentencePiece
+            raise ConfigError(f"TRIM_VOCAB=True: {error} Set TRIM_VOCAB=False for this model.") from None
     if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
         os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
     args = training_arguments(config, precision_flags)
