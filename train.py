@@ -514,4 +514,9 @@ def run(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    exit_code = run(sys.argv[1:])
+    # Everything is saved or abandoned by now. While Python shuts down it puts back the default
+    # handlers, so a late Ctrl+C would kill the process by signal instead of exiting with this code.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(exit_code)

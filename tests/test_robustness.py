@@ -46,6 +46,16 @@ def test_signal_during_evaluation_finishes_it_then_saves(start_train, tmp_path, 
     assert "Traceback" not in log
 
 
+def test_a_signal_while_the_finished_process_shuts_down_changes_nothing(start_train, tmp_path, small_data):
+    # Python puts the default handlers back while it shuts down; a Ctrl+C then killed the process
+    # by signal (exit -2) after everything had been saved.
+    process = start_train(tiny_run_arguments(small_data, tmp_path / "out", MAX_STEPS=4, EVAL_STEPS=2, SAVE_STEPS=2))
+    wait_for(tmp_path / "console.log", r"Use: python restore.py", timeout=120)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) in (0, 130), console(tmp_path)[-2000:]
+    assert same_weights(tmp_path / "out" / "latest", tmp_path / "out" / "checkpoint-4")
+
+
 def test_signal_during_a_checkpoint_save_lets_it_finish(start_train, finished_run, tmp_path, small_data):
     output = copy_of(finished_run, tmp_path)
     process = start_train(tiny_run_arguments(small_data, output, MAX_STEPS=40, EVAL_STEPS=5, SAVE_STEPS=5),
