@@ -1,7 +1,7 @@
 """Benchmarks, run on this machine and printed as markdown tables, baselines side by side.
 
-    python bench.py                      # every section, on the demo data and the tiny model
-    python bench.py --only train         # one section: prepare, train, callbacks, startup
+    python bench.py                      # every section but knobs, on the demo data and the tiny model
+    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs
     python bench.py --model FOLDER --train-file F --valid-file F --budget 300   # your model and data
 
 Sections:
@@ -25,7 +25,14 @@ Sections:
   memory     weights, gradients, optimizer state and the planner's full estimate for mt5-small,
              mt5-base and mt5-large with each optimizer, computed from their configs.
   startup    time from start to the first training step, first start against second start with
-             the same data (the second reuses the tokenization cache), at about 24 and 96 MB.
+             the same data (the second reuses the tokenization cache), for the demo data (0.6 MB)
+             and the demo data repeated to about 24 and 96 MB.
+  knobs      (only with --only knobs, about 16 minutes) the speed knobs one at a time against this
+             tool's defaults, each for five times --budget: DATALOADER_WORKERS=2 and
+             TORCH_COMPILE=True (with a fresh compile cache, as on a first run), giving the time to
+             the first step, real tokens/s over the run and after the last compiling step; and the
+             length-grouped sampler's order for one epoch from the length column as transformers
+             reads it against the precomputed list this tool passes.
   prepare    prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
              lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
 
@@ -163,8 +170,11 @@ def flop_counter(model):
     return flops
 
 
-def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir):
-    """Train one recipe for `budget` seconds in this process; returns its measurements."""
+def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir, settings=None):
+    """Train one recipe for `budget` seconds in this process; returns its measurements.
+
+    `settings` changes train.py constants of this tool's recipe (the speed knobs); with it, the run
+    only trains: its measurements are throughput, not restoration."""
     import datasets
     import torch
     from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
@@ -184,6 +194,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir)
               "OUTPUT_DIR": output_dir, "MAX_INPUT_LENGTH": 512, "MAX_TARGET_LENGTH": 256}
     if recipe != "tool":
         config["OPTIMIZER"] = "adamw_torch"
+    config.update(settings or {})
     args = tool.training_arguments(config, {"fp16": False, "bf16": torch.cuda.is_available()})
     args.eval_strategy = args.save_strategy = "no"  # evaluation is timed separately below
     args.eval_steps = args.save_steps = None
@@ -216,13 +227,16 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir)
     class Measured(base):
         real_tokens = 0
         flops = 0
+        timeline = []  # (time, real tokens so far) after each forward-backward pass
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             sources = inputs["attention_mask"].sum(dim=1).tolist()
             targets = (inputs["labels"] != ignored).sum(dim=1).tolist()
             self.real_tokens += sum(sources) + sum(targets)
             self.flops += sum(count_flops(s, t) for s, t in zip(sources, targets))
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self.timeline.append((time.perf_counter(), self.real_tokens))
+            return loss
 
     class Budget(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -240,6 +254,9 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir)
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     seconds, steps = budget_callback.seconds, trainer.state.global_step
+    if settings is not None:
+        return {"seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
+                "first_step_seconds": trainer.timeline[0][0] - budget_callback.started, "timeline": trainer.timeline}
     # One evaluation in the recipe's own style: the baselines generate for the whole validation set.
     started = time.perf_counter()
     trainer.evaluate()
@@ -258,7 +275,8 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else peak_resident_mb()
     return {"recipe": recipe, "seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
             "flops": trainer.flops, "evaluation_seconds": evaluation_seconds,
-            "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak, **scores}
+            "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak,
+            "timeline": trainer.timeline, **scores}
 
 
 def tiny_model_folder(folder, train_file):
@@ -311,6 +329,66 @@ def bench_train(options, folder):
     return tool_step, results["tool"]
 
 
+KNOBS = {"defaults": {}, "DATALOADER_WORKERS=2": {"DATALOADER_WORKERS": 2},
+         "TORCH_COMPILE=True": {"TORCH_COMPILE": True}}
+
+
+def after_compilation(timeline):
+    """Real tokens/s over the steps after the last one that took over 5x the median step (a step
+    that compiled, under TORCH_COMPILE); None when fewer than 50 steps are left."""
+    durations = [later[0] - earlier[0] for earlier, later in zip(timeline, timeline[1:])]
+    slow = 5 * sorted(durations)[len(durations) // 2]
+    start = max((index + 1 for index, duration in enumerate(durations) if duration > slow), default=0)
+    if len(timeline) - start < 50:
+        return None
+    return (timeline[-1][1] - timeline[start][1]) / (timeline[-1][0] - timeline[start][0])
+
+
+def bench_knobs(options, folder):
+    """Each speed knob against this tool's defaults: its own process, five times the --budget
+    (compilation takes minutes before it can pay off), and a fresh compile cache, as on a first run."""
+    budget = 5 * options.budget
+    rows = {}
+    for name, settings in KNOBS.items():
+        out = os.path.join(folder, "knob.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", "tool", "--settings", json.dumps(settings),
+                        "--model", options.model, "--train-file", options.train_file, "--valid-file",
+                        options.valid_file, "--budget", str(budget), "--out", out], check=True, cwd=HERE,
+                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home"),
+                            "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(dir=folder)})
+        with open(out, encoding="utf-8") as handle:
+            result = json.load(handle)
+        rows[name] = (result["first_step_seconds"], result["real_tokens"] / result["seconds"],
+                      after_compilation(result["timeline"]))
+    print(f"\nSpeed knobs, this tool's recipe for {budget:.0f} s each:\n")
+    print("| setting | first step | real tokens/s over the run | vs defaults | real tokens/s after compiling | vs defaults |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    first, overall, steady = rows["defaults"]
+    for name, row in rows.items():
+        after = f"{row[2]:.0f} | x{row[2] / steady:.2f}" if row[2] and steady else "not reached | -"
+        print(f"| {name} | {row[0]:.1f} s | {row[1]:.0f} | x{row[1] / overall:.2f} | {after} |")
+    bench_sampler()
+
+
+def bench_sampler(examples=120_000):
+    """Length grouping: one epoch's batch order from the dataset's length column as transformers 5
+    reads it (one row at a time) against the precomputed list this tool passes to the sampler."""
+    import datasets
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [random.Random(index).randint(10, 500) for index in range(examples)]
+    dataset = datasets.Dataset.from_dict({"length": lengths})
+    timings = []
+    for precomputed in (False, True):
+        started = time.perf_counter()
+        source = (dataset.select_columns(["length"]).with_format("numpy")[:]["length"].tolist() if precomputed
+                  else dataset["length"])  # as modeling.DomainFocusTrainer does / as the Trainer does
+        list(LengthGroupedSampler(32, lengths=source))
+        timings.append(time.perf_counter() - started)
+    print(f"\nLength-grouped order of one epoch of {examples:,} examples: {timings[0]:.1f} s reading the length "
+          f"column row by row, {timings[1]:.2f} s from the precomputed list (this tool).")
+
+
 def bench_callbacks(tool_step, steps=2000):
     """Time the DomainFocus callbacks (and the NaN guard's checks) spend per optimizer step."""
     import io
@@ -348,9 +426,10 @@ def bench_callbacks(tool_step, steps=2000):
           f"{100 * per_step / tool_step:.3f}% of this tool's measured step time ({tool_step * 1e3:.0f} ms).")
 
 
-def bench_startup(folder, model, valid_file, copies=(40, 160)):
+def bench_startup(folder, model, valid_file, copies=(1, 40, 160)):
     """Seconds from start to the first training step: first start, then a second with the same data
-    (which reuses the tokenization cache), for the demo data repeated to about 24 and 96 MB."""
+    (which reuses the tokenization cache), for the demo data as it is (0.6 MB) and repeated to
+    about 24 and 96 MB."""
     with open(os.path.join(HERE, "demo", "train.jsonl"), encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     for count in copies:
@@ -373,7 +452,7 @@ def bench_startup(folder, model, valid_file, copies=(40, 160)):
                     break
             process.kill()
             process.wait()
-        print(f"\nStart-up to the first step with {os.path.getsize(data) / 1e6:.0f} MB of training data "
+        print(f"\nStart-up to the first step with {os.path.getsize(data) / 1e6:.1f} MB of training data "
               f"({len(lines) * count:,} examples): first start {timings[0]:.1f} s, second start {timings[1]:.1f} s "
               f"(x{timings[1] / timings[0]:.2f}; the second reuses the tokenization cache).")
 
@@ -433,13 +512,13 @@ def bench_trim(options, folder):
 MT5_CONFIGS = {"mt5-small": (512, 1024, 8, 6), "mt5-base": (768, 2048, 12, 12), "mt5-large": (1024, 2816, 24, 16)}
 
 
-def mt5_shapes(d_model, d_ff, layers, heads):
+def mt5_shapes(d_model, d_ff, layers, heads, vocab_size=250112):
     """An mT5 model on the meta device (shapes only). transformers 5.23 forces MT5Config to tie the
     LM head to the embedding; the published checkpoints keep a separate one, so it is put back."""
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
 
-    config = MT5Config(vocab_size=250112, d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=64)
+    config = MT5Config(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=64)
     with torch.device("meta"):
         model = MT5ForConditionalGeneration(config)
         model.lm_head = torch.nn.Linear(d_model, config.vocab_size, bias=False)
@@ -454,8 +533,13 @@ def bench_memory():
     print("| model | parameters | optimizer | weights + gradients + optimizer state | with activations, "
           "batch 4, 512 / 256 tokens, bf16, gradient checkpointing |")
     print("| --- | --- | --- | --- | --- |")
-    for name, shape in MT5_CONFIGS.items():
-        model = mt5_shapes(*shape)
+    # TRIM_VOCAB keeps what the data uses; 33,000 tokens is an assumed size for one domain of
+    # Chinese text (not measured here: no mT5 tokenizer offline), the size at which mt5-base has
+    # about 250 M parameters.
+    sizes = [(name, shape, 250112) for name, shape in MT5_CONFIGS.items()]
+    sizes.insert(2, ("mt5-base, TRIM_VOCAB to 33,000 tokens", MT5_CONFIGS["mt5-base"], 33000))
+    for name, shape, vocabulary in sizes:
+        model = mt5_shapes(*shape, vocab_size=vocabulary)
         count = sum(parameter.numel() for parameter in model.parameters())
         for optimizer in ("adamw_torch", "adamw_8bit", "adafactor"):
             config = {**tool.default_config(), "OPTIMIZER": optimizer, "GRADIENT_CHECKPOINTING": True}
@@ -466,18 +550,20 @@ def bench_memory():
 
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
-    parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare"), help="run one section")
+    parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare", "knobs"),
+                        help="run one section (knobs runs only when named: about 16 minutes)")
     parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
     parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
     parser.add_argument("--valid-file", default=os.path.join(HERE, "demo", "valid.jsonl"))
     parser.add_argument("--budget", type=float, default=60.0, help="training seconds per recipe")
     parser.add_argument("--recipe", choices=tuple(RECIPES), help=argparse.SUPPRESS)  # one recipe, in a child
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", type=json.loads, help=argparse.SUPPRESS)  # constants for a knob run
     options = parser.parse_args()
     if options.recipe:
         with tempfile.TemporaryDirectory() as folder:
             result = run_recipe(options.recipe, options.model, options.train_file, options.valid_file,
-                                options.budget, folder)
+                                options.budget, folder, options.settings)
         with open(options.out, "w", encoding="utf-8") as handle:
             json.dump(result, handle)
         return
@@ -506,6 +592,8 @@ def main():
         if options.only in (None, "prepare"):
             print()
             bench_prepare()
+        if options.only == "knobs":
+            bench_knobs(options, folder)
 
 
 if __name__ == "__main__":

@@ -174,8 +174,9 @@ def load_tokenized(files, tokenizer, input_column, target_column, max_input_leng
 
     raw = datasets.load_dataset("json", data_files=files)
     tokenized, counts = {}, {}
+    tokenizer_key = tokenizer_fingerprint(tokenizer)  # once: it serializes the whole vocabulary
     for split, dataset in raw.items():
-        key = "|".join([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_fingerprint(tokenizer),
+        key = "|".join([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_key,
                         input_column, target_column, str(max_input_length), str(max_target_length)])
         mapped = dataset.map(
             tokenize_batch,

@@ -381,7 +381,8 @@ def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_
         reason = early_stopping.stop_reason
     else:
         reason = f"finished the schedule ({state.max_steps} steps)"
-    logger.info("Summary: %d steps this run (%d in total) in %s; stopped: %s.", state.global_step - start_step,
+    steps = state.global_step - start_step
+    logger.info("Summary: %d step%s this run (%d in total) in %s; stopped: %s.", steps, "" if steps == 1 else "s",
                 state.global_step, format_duration(seconds), reason)
     if state.best_global_step:
         logger.info("Best %s %.4f at step %d -> %s", trainer.args.metric_for_best_model, state.best_metric,

@@ -43,6 +43,7 @@ GPU_MEMORY_GB = 6.0  # the GPU's memory; the plan printed before training checks
 PRECISION = "auto"  # "auto" (bf16 where the GPU supports it, else fp32), "bf16", "fp32", "fp16" (risky)
 GRADIENT_CHECKPOINTING = True  # on GPU: about 20% more compute for far less activation memory
 DATALOADER_WORKERS = 0  # background processes preparing batches; 0 = in the training process
+TORCH_COMPILE = False  # True: compile the model with torch.compile (inductor) before training
 # --- output ----------------------------------------------------------------------------------
 OUTPUT_DIR = "runs/domainfocus"  # checkpoints, best/, latest/, metrics.jsonl, train.log
 RESUME = "auto"  # "auto" = newest complete checkpoint in OUTPUT_DIR; a checkpoint path; None = fresh
@@ -282,6 +283,7 @@ def training_arguments(config, precision_flags):
         activation_checkpointing=config["GRADIENT_CHECKPOINTING"] and on_gpu,
         dataloader_num_workers=config["DATALOADER_WORKERS"],
         dataloader_pin_memory=on_gpu,
+        torch_compile=config["TORCH_COMPILE"],
         # T5 accepts but ignores the token count that this option passes to it, so with it on, every
         # loss under torchrun came out multiplied by the number of processes (transformers 5.23).
         average_tokens_across_devices=False,

@@ -153,3 +153,47 @@ def test_overwrite_starts_over_with_a_fresh_log(finished_run, run_train, tmp_pat
     assert not (output / "checkpoint-20").exists() and (output / "checkpoint-5").exists()
     log = (output / "train.log").read_text(encoding="utf-8")
     assert "Starting a fresh run" in log.splitlines()[0] and "step 20/20" not in log
+
+
+def test_batches_are_grouped_by_length_from_a_precomputed_list(finished_run, tmp_path):
+    # transformers 5.23 gives the sampler the lazy length column, read one row per lookup: minutes
+    # of start-up on a large corpus. The trainer must pass a plain list, and group by it.
+    import datasets
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainingArguments
+
+    from modeling import make_trainer_class
+
+    lengths = [(index * 37) % 200 + 1 for index in range(512)]
+    data = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "labels": [[5]] * 512,
+                                       "length": lengths})
+    best = finished_run[0] / "best"
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True,
+                                    train_sampling_strategy="group_by_length", length_column_name="length",
+                                    report_to="none", seed=0)
+    trainer = make_trainer_class()(model=AutoModelForSeq2SeqLM.from_pretrained(best), args=args, train_dataset=data,
+                                   processing_class=AutoTokenizer.from_pretrained(best))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler.lengths, list) and sampler.lengths == lengths
+    order = list(sampler)
+    assert sorted(order) == list(range(512))
+    spread = [max(lengths[i] for i in order[k:k + 8]) - min(lengths[i] for i in order[k:k + 8])
+              for k in range(0, 512, 8)]
+    assert sum(spread) / len(spread) < 30, "batches of 8 mix short and long examples"  # random order: about 150
+
+
+def test_speed_knob_constants_reach_the_trainer(small_data, tmp_path):
+    import train
+
+    config = {**train.default_config(), "OUTPUT_DIR": str(tmp_path), "TORCH_COMPILE": True, "DATALOADER_WORKERS": 2}
+    args = train.training_arguments(config, {})
+    assert args.torch_compile and args.torch_compile_backend == "inductor" and args.dataloader_num_workers == 2
+    assert not train.training_arguments({**config, "TORCH_COMPILE": False}, {}).torch_compile
+
+
+def test_knob_benchmark_measures_speed_after_the_compiling_steps():
+    from bench import after_compilation
+
+    # 10 s of compiling, then 100 steps of 0.1 s with 1000 tokens each: 10,000 tokens/s after compiling.
+    timeline = [(0.0, 0), (10.0, 1000)] + [(10.0 + 0.1 * k, 1000 + 1000 * k) for k in range(1, 101)]
+    assert after_compilation(timeline) == pytest.approx(10_000)
+    assert after_compilation(timeline[:40]) is None  # too few steps after compiling to tell
