@@ -43,7 +43,7 @@ GPU_MEMORY_GB = 6.0  # the GPU's memory; the plan printed before training checks
 PRECISION = "auto"  # "auto" (bf16 where the GPU supports it, else fp32), "bf16", "fp32", "fp16" (risky)
 GRADIENT_CHECKPOINTING = True  # on GPU: about 20% more compute for far less activation memory
 DATALOADER_WORKERS = 0  # background processes preparing batches; 0 = in the training process
-TORCH_COMPILE = False  # True: compile the model with torch.compile (inductor) before training
+TORCH_COMPILE = False  # True: torch.compile the model; the first steps compile for minutes (see README, bench.py --only knobs)
 # --- output ----------------------------------------------------------------------------------
 OUTPUT_DIR = "runs/domainfocus"  # checkpoints, best/, latest/, metrics.jsonl, train.log
 RESUME = "auto"  # "auto" = newest complete checkpoint in OUTPUT_DIR; a checkpoint path; None = fresh
