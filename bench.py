@@ -573,8 +573,9 @@ def main():
     print(f"machine: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n")
     with tempfile.TemporaryDirectory() as folder:
-        model = options.model or tiny_model_folder(os.path.join(folder, "model"), options.train_file)
-        options.model = model
+        if options.only not in ("memory", "prepare"):  # the sections that train need a model folder
+            options.model = options.model or tiny_model_folder(os.path.join(folder, "model"), options.train_file)
+        model = options.model
         if options.only in (None, "train", "callbacks"):
             tool_step, tool = bench_train(options, folder)
             evaluation = tool["default_evaluation_seconds"]
