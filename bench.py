@@ -363,7 +363,7 @@ def bench_knobs(options, folder):
     print(f"\nSpeed knobs, this tool's recipe for {budget:.0f} s each:\n")
     print("| setting | first step | real tokens/s over the run | vs defaults | real tokens/s after compiling | vs defaults |")
     print("| --- | --- | --- | --- | --- | --- |")
-    first, overall, steady = rows["defaults"]
+    _, overall, steady = rows["defaults"]
     for name, row in rows.items():
         after = f"{row[2]:.0f} | x{row[2] / steady:.2f}" if row[2] and steady else "not reached | -"
         print(f"| {name} | {row[0]:.1f} s | {row[1]:.0f} | x{row[1] / overall:.2f} | {after} |")
@@ -376,13 +376,14 @@ def bench_sampler(examples=120_000):
     import datasets
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    from modeling import length_list
+
     lengths = [random.Random(index).randint(10, 500) for index in range(examples)]
     dataset = datasets.Dataset.from_dict({"length": lengths})
     timings = []
     for precomputed in (False, True):
         started = time.perf_counter()
-        source = (dataset.select_columns(["length"]).with_format("numpy")[:]["length"].tolist() if precomputed
-                  else dataset["length"])  # as modeling.DomainFocusTrainer does / as the Trainer does
+        source = length_list(dataset) if precomputed else dataset["length"]  # this tool / the Trainer
         list(LengthGroupedSampler(32, lengths=source))
         timings.append(time.perf_counter() - started)
     print(f"\nLength-grouped order of one epoch of {examples:,} examples: {timings[0]:.1f} s reading the length "
