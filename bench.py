@@ -1,7 +1,7 @@
 """Benchmarks, run on this machine and printed as markdown tables, baselines side by side.
 
-    python bench.py                      # every section but knobs, on the demo data and the tiny model
-    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs
+    python bench.py                      # every section but knobs and order, on the demo data and the tiny model
+    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order
     python bench.py --model FOLDER --train-file F --valid-file F --budget 300   # your model and data
 
 Sections:
@@ -33,6 +33,8 @@ Sections:
              the first step, real tokens/s over the run and after the last compiling step; and the
              length-grouped sampler's order for one epoch from the length column as transformers
              reads it against the precomputed list this tool passes.
+  order      (only with --only order, about 3 minutes) this tool's recipe with the batches in the
+             order transformers' length grouping gives them, and shuffled as this tool does.
   prepare    prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
              lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
 
@@ -259,7 +261,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
                 "first_step_seconds": trainer.timeline[0][0] - budget_callback.started, "timeline": trainer.timeline}
     # One evaluation in the recipe's own style: the baselines generate for the whole validation set.
     started = time.perf_counter()
-    trainer.evaluate()
+    eval_loss = trainer.evaluate()["eval_loss"]
     if recipe != "tool":
         generate(model, tokenizer, [inputs for inputs, _ in validation], 64, 512, 64)
     evaluation_seconds = time.perf_counter() - started
@@ -275,7 +277,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else peak_resident_mb()
     return {"recipe": recipe, "seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
             "flops": trainer.flops, "evaluation_seconds": evaluation_seconds,
-            "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak,
+            "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak, "eval_loss": eval_loss,
             "timeline": trainer.timeline, **scores}
 
 
@@ -368,6 +370,26 @@ def bench_knobs(options, folder):
         after = f"{row[2]:.0f} | x{row[2] / steady:.2f}" if row[2] and steady else "not reached | -"
         print(f"| {name} | {row[0]:.1f} s | {row[1]:.0f} | x{row[1] / overall:.2f} | {after} |")
     bench_sampler()
+
+
+def bench_order(options, folder):
+    """This tool's recipe twice for --budget seconds: batches in the order transformers' length
+    grouping gives them (each megabatch from the longest batch to the shortest) and shuffled."""
+    rows = {}
+    for name, extra in (("transformers' order", ["--batch-order", "transformers"]), ("shuffled (this tool)", [])):
+        out = os.path.join(folder, "order.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", "tool", *extra, "--model", options.model,
+                        "--train-file", options.train_file, "--valid-file", options.valid_file,
+                        "--budget", str(options.budget), "--out", out], check=True, cwd=HERE,
+                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
+        with open(out, encoding="utf-8") as handle:
+            rows[name] = json.load(handle)
+    print(f"\nLength-grouped batch order, this tool's recipe for {options.budget:.0f} s each:\n")
+    print("| batch order | steps | real tokens/s | eval_loss | span_accuracy | char_accuracy | exact_match |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['steps']} | {row['real_tokens'] / row['seconds']:.0f} | {row['eval_loss']:.4f} | "
+              f"{row['span_accuracy']:.3f} | {row['char_accuracy']:.3f} | {row['exact_match']:.3f} |")
 
 
 def bench_sampler(examples=120_000):
@@ -551,8 +573,9 @@ def bench_memory():
 
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
-    parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare", "knobs"),
-                        help="run one section (knobs runs only when named: about 16 minutes)")
+    parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare", "knobs",
+                                           "order"),
+                        help="run one section (knobs and order run only when named: about 16 and 3 minutes)")
     parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
     parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
     parser.add_argument("--valid-file", default=os.path.join(HERE, "demo", "valid.jsonl"))
@@ -560,8 +583,13 @@ def main():
     parser.add_argument("--recipe", choices=tuple(RECIPES), help=argparse.SUPPRESS)  # one recipe, in a child
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=json.loads, help=argparse.SUPPRESS)  # constants for a knob run
+    parser.add_argument("--batch-order", help=argparse.SUPPRESS)  # "transformers": the library's own order
     options = parser.parse_args()
     if options.recipe:
+        if options.batch_order == "transformers":
+            import modeling
+
+            modeling.shuffled_batch_order = lambda indices, batch_size, generator=None: indices
         with tempfile.TemporaryDirectory() as folder:
             result = run_recipe(options.recipe, options.model, options.train_file, options.valid_file,
                                 options.budget, folder, options.settings)
@@ -596,6 +624,8 @@ def main():
             bench_prepare()
         if options.only == "knobs":
             bench_knobs(options, folder)
+        if options.only == "order":
+            bench_order(options, folder)
 
 
 if __name__ == "__main__":
