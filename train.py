@@ -52,7 +52,7 @@ RESUME_CHANGES = "warn"  # when batch size, processes, training data or MAX_STEP
 TENSORBOARD = False  # True: also log to OUTPUT_DIR/tensorboard, local only (needs: pip install tensorboard)
 SEED = 42  # random seed for initialisation, sampling and dropout
 
-# The embedded demo: a tiny T5 built on this machine and the bundled data, about 3 minutes on CPU.
+# The embedded demo: a tiny T5 built on this machine and the bundled data, about 2 minutes on 2 CPU cores.
 # `--demo` only changes these defaults; `--NAME=value` given with it still wins. AdamW, because a
 # model this small learns faster with it; Adafactor's advantage is memory, which only large models need.
 DEMO = dict(

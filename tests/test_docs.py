@@ -31,7 +31,7 @@ def test_other_languages_are_linked():
 
 @pytest.mark.slow
 def test_quick_start_works_as_written_on_a_fresh_copy(tmp_path, hf_home):
-    """Runs the README's two quick-start commands in a copy of the project (about 3 minutes)."""
+    """Runs the README's two quick-start commands in a copy of the project (about 2 minutes)."""
     import json
     import os
     import shutil
