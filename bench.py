@@ -290,18 +290,21 @@ def tiny_model_folder(folder, train_file):
     return folder
 
 
+def recipe_in_child(options, folder, recipe="tool", model=None, budget=None, extra=(), environment=None):
+    """run_recipe in a process of its own (so peak memory is its own); returns its measurements."""
+    out = os.path.join(folder, "recipe.json")
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", recipe, *extra,
+                    "--model", model or options.model, "--train-file", options.train_file,
+                    "--valid-file", options.valid_file, "--budget", str(budget or options.budget), "--out", out],
+                   check=True, cwd=HERE,
+                   env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home"), **(environment or {})})
+    with open(out, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def bench_train(options, folder):
-    model = options.model
     peak = matmul_peak()
-    results = {}
-    for recipe in RECIPES:
-        out = os.path.join(folder, f"{recipe}.json")
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", recipe, "--model", model,
-                        "--train-file", options.train_file, "--valid-file", options.valid_file,
-                        "--budget", str(options.budget), "--out", out], check=True, cwd=HERE,
-                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
-        with open(out, encoding="utf-8") as handle:
-            results[recipe] = json.load(handle)
+    results = {recipe: recipe_in_child(options, folder, recipe) for recipe in RECIPES}
     eval_steps = 50  # the demo's schedule: one evaluation per 50 optimizer steps
     rows = {}
     for recipe, result in results.items():
@@ -352,14 +355,8 @@ def bench_knobs(options, folder):
     budget = 5 * options.budget
     rows = {}
     for name, settings in KNOBS.items():
-        out = os.path.join(folder, "knob.json")
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", "tool", "--settings", json.dumps(settings),
-                        "--model", options.model, "--train-file", options.train_file, "--valid-file",
-                        options.valid_file, "--budget", str(budget), "--out", out], check=True, cwd=HERE,
-                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home"),
-                            "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(dir=folder)})
-        with open(out, encoding="utf-8") as handle:
-            result = json.load(handle)
+        result = recipe_in_child(options, folder, budget=budget, extra=["--settings", json.dumps(settings)],
+                                 environment={"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(dir=folder)})
         rows[name] = (result["first_step_seconds"], result["real_tokens"] / result["seconds"],
                       after_compilation(result["timeline"]))
     print(f"\nSpeed knobs, this tool's recipe for {budget:.0f} s each:\n")
@@ -377,13 +374,7 @@ def bench_order(options, folder):
     grouping gives them (each megabatch from the longest batch to the shortest) and shuffled."""
     rows = {}
     for name, extra in (("transformers' order", ["--batch-order", "transformers"]), ("shuffled (this tool)", [])):
-        out = os.path.join(folder, "order.json")
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", "tool", *extra, "--model", options.model,
-                        "--train-file", options.train_file, "--valid-file", options.valid_file,
-                        "--budget", str(options.budget), "--out", out], check=True, cwd=HERE,
-                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
-        with open(out, encoding="utf-8") as handle:
-            rows[name] = json.load(handle)
+        rows[name] = recipe_in_child(options, folder, extra=extra)
     print(f"\nLength-grouped batch order, this tool's recipe for {options.budget:.0f} s each:\n")
     print("| batch order | steps | real tokens/s | eval_loss | span_accuracy | char_accuracy | exact_match |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -513,13 +504,7 @@ def bench_trim(options, folder):
     counts["trimmed"] = (len(tokenizer), model.num_parameters())
     results = {}
     for name, path in (("large", large), ("trimmed", trimmed)):
-        out = os.path.join(folder, f"trim-{name}.json")
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", "tool", "--model", path,
-                        "--train-file", options.train_file, "--valid-file", options.valid_file,
-                        "--budget", str(options.budget / 2), "--out", out], check=True, cwd=HERE,
-                       env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
-        with open(out, encoding="utf-8") as handle:
-            results[name] = json.load(handle)
+        results[name] = recipe_in_child(options, folder, model=path, budget=options.budget / 2)
     print(f"\nTRIM_VOCAB, this tool's recipe for {options.budget / 2:.0f} s each:\n")
     print("| vocabulary | tokens | parameters | steps/s | real tokens/s | peak memory | span_accuracy |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -604,7 +589,6 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         if options.only not in ("memory", "prepare"):  # the sections that train need a model folder
             options.model = options.model or tiny_model_folder(os.path.join(folder, "model"), options.train_file)
-        model = options.model
         if options.only in (None, "train", "callbacks"):
             tool_step, tool = bench_train(options, folder)
             evaluation = tool["default_evaluation_seconds"]
@@ -613,7 +597,7 @@ def main():
                   f"{100 * evaluation / (evaluation + 1000 * tool_step):.1f}% of the wall time.")
             bench_callbacks(tool_step)
         if options.only in (None, "startup"):
-            bench_startup(folder, model, options.valid_file)
+            bench_startup(folder, options.model, options.valid_file)
         if options.only in (None, "trim"):
             bench_trim(options, folder)
         if options.only in (None, "memory"):

@@ -95,6 +95,7 @@ def check_jsonl_once(path, input_column, target_column, constant):
     status = os.stat(path)
     key = json.dumps([os.path.abspath(path), status.st_size, status.st_mtime_ns, input_column, target_column,
                       TOKENIZATION_VERSION])
+    # The datasets cache folder, found as datasets finds it; importing datasets would cost a second.
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     folder = os.environ.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets")
     stamp = os.path.join(folder, "domainfocus-checked", hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])

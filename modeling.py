@@ -155,12 +155,11 @@ def shuffled_batch_order(indices, batch_size, generator=None):
 
 def make_trainer_class():
     from transformers import Seq2SeqTrainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from callbacks import SaveFailed, write_error
     from restore import generate
     from spans import restoration_metrics
-
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         def __iter__(self):
@@ -300,15 +299,14 @@ def trim_vocabulary(tokenizer, model, texts, folder):
     trimmed = AutoTokenizer.from_pretrained(folder)
     index = torch.tensor(old_ids)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight.data[index].clone()
+    if not tied:
+        output = torch.nn.Linear(model.config.d_model, len(old_ids), bias=False)
+        output.weight.data = model.get_output_embeddings().weight.data[index].clone()
+        model.set_output_embeddings(output)
     embedding = torch.nn.Embedding(len(old_ids), model.config.d_model)
     embedding.weight.data = model.get_input_embeddings().weight.data[index].clone()
     model.set_input_embeddings(embedding)
-    if not tied:
-        output = torch.nn.Linear(model.config.d_model, len(old_ids), bias=False)
-        output.weight.data = head
-        model.set_output_embeddings(output)
-    else:
+    if tied:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     model.config.vocab_size = len(old_ids)
     return trimmed, model
