@@ -201,7 +201,7 @@ def test_shuffled_batch_order_keeps_every_batch_whole():
     assert shuffled_batch_order([], 10) == [] and shuffled_batch_order([5, 6], 10) == [5, 6]
 
 
-def test_speed_knob_constants_reach_the_trainer(small_data, tmp_path):
+def test_speed_knob_constants_reach_the_trainer(tmp_path):
     import train
 
     config = {**train.default_config(), "OUTPUT_DIR": str(tmp_path), "TORCH_COMPILE": True, "DATALOADER_WORKERS": 2}
