@@ -341,6 +341,8 @@ KNOBS = {"defaults": {}, "DATALOADER_WORKERS=2": {"DATALOADER_WORKERS": 2},
 def after_compilation(timeline):
     """Real tokens/s over the steps after the last one that took over 5x the median step (a step
     that compiled, under TORCH_COMPILE); None when fewer than 50 steps are left."""
+    if len(timeline) < 50:
+        return None
     durations = [later[0] - earlier[0] for earlier, later in zip(timeline, timeline[1:])]
     slow = 5 * sorted(durations)[len(durations) // 2]
     start = max((index + 1 for index, duration in enumerate(durations) if duration > slow), default=0)
