@@ -1,7 +1,7 @@
 """Benchmarks, run on this machine and printed as markdown tables, baselines side by side.
 
     python bench.py                      # every section but knobs and order, on the demo data and the tiny model
-    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order
+    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order, restore
     python bench.py --model FOLDER --train-file F --valid-file F --budget 300   # your model and data
 
 Sections:
@@ -35,6 +35,11 @@ Sections:
              reads it against the precomputed list this tool passes.
   order      (only with --only order, about 3 minutes) this tool's recipe with the batches in the
              order transformers' length grouping gives them, and shuffled as this tool does.
+  restore    restoration of the validation examples by a trained model (--model, else the demo
+             trained here first): greedy free-length against length-aware decoding with 1, 2, 4 and
+             8 beams and with the lexicon (every term masked in the training data); span_accuracy,
+             char_accuracy, exact_match and spans/s; the accuracy of spans above and below a
+             confidence of 0.5; and the same spans joined into 3,000-character lines (windows).
   prepare    prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
              lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
 
@@ -186,7 +191,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     import train as tool
     from data import first_examples, load_tokenized
     from modeling import make_trainer_class
-    from restore import generate
+    from restoration import Decoding, Restorer, from_sentinels
     from spans import restoration_metrics
 
     set_seed(42)
@@ -207,8 +212,8 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
         data, _ = load_tokenized(files, tokenizer, "inputs", "targets", 512, 256)
         collator, ignored = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), -100
         base = make_trainer_class()
-        extra = {"generation_examples": validation[: config["GEN_EVAL_SAMPLES"]], "max_input_length": 512,
-                 "max_new_tokens": 64}
+        extra = {"generation_examples": validation[: config["GEN_EVAL_SAMPLES"]]}
+        Decoding(num_beams=config["NUM_BEAMS"], max_input_length=512, max_new_tokens=64).save_to(model)
     else:
         padded = recipe == "original"
 
@@ -263,7 +268,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     started = time.perf_counter()
     eval_loss = trainer.evaluate()["eval_loss"]
     if recipe != "tool":
-        generate(model, tokenizer, [inputs for inputs, _ in validation], 64, 512, 64)
+        baseline_generate(model, tokenizer, [inputs for inputs, _ in validation])
     evaluation_seconds = time.perf_counter() - started
     default_evaluation_seconds = None
     if recipe == "tool":  # and once more with the default GEN_EVAL_SAMPLES
@@ -271,14 +276,26 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
         started = time.perf_counter()
         trainer.evaluate()
         default_evaluation_seconds = time.perf_counter() - started
-    # The same restoration test for every recipe: the first 100 validation examples, greedy.
-    inputs, targets = zip(*validation[:100])
-    scores = restoration_metrics(generate(model, tokenizer, list(inputs), 64, 512, 64), list(targets))
+    # The same restoration test for every recipe: the first 100 validation examples, greedy, free length.
+    greedy = Restorer(model, tokenizer, Decoding(num_beams=1, length_aware=False, max_new_tokens=64))
+    results = greedy.restore_documents([from_sentinels(inputs) for inputs, _ in validation[:100]])
+    scores = restoration_metrics([result["prediction"] for result in results], [t for _, t in validation[:100]])
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else peak_resident_mb()
     return {"recipe": recipe, "seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
             "flops": trainer.flops, "evaluation_seconds": evaluation_seconds,
             "default_evaluation_seconds": default_evaluation_seconds, "peak_mb": peak, "eval_loss": eval_loss,
             "timeline": trainer.timeline, **scores}
+
+
+def baseline_generate(model, tokenizer, texts, batch_size=64):
+    """The baselines' own evaluation: plain greedy generation, inputs cut at 512 tokens."""
+    import torch
+
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                              max_length=512)
+            model.generate(**batch, max_new_tokens=64, num_beams=1, do_sample=False)
 
 
 def tiny_model_folder(folder, train_file):
@@ -558,10 +575,92 @@ def bench_memory():
                   f"{gigabytes(gpu_memory(model, config)[1])} |")
 
 
+def trained_demo_model(folder):
+    """best/ of `python train.py --demo` trained here (about 2 minutes on 2 cores)."""
+    output = os.path.join(folder, "demo-run")
+    subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--demo", f"--OUTPUT_DIR={output}"], check=True,
+                   cwd=HERE, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
+    return os.path.join(output, "best")
+
+
+def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=0.5):
+    """Decoding settings side by side on one trained model and the validation examples."""
+    import re
+
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from data import first_examples
+    from restoration import Decoding, Restorer, from_markers, from_sentinels, target_lengths
+    from spans import normalize, parse_spans, restoration_metrics
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_folder).eval()
+    saved = Decoding.of_model(model)
+    validation = first_examples(valid_file, "inputs", "targets", examples)
+    # The lexicon prepare.py would have masked with: every term masked in the training data.
+    lexicon = sorted({text for _, targets in first_examples(train_file, "inputs", "targets", 10 ** 9)
+                      for text in parse_spans(targets).values() if text})
+    targets = [target for _, target in validation]
+    wanted = [normalize(text) for target in targets for _, text in sorted(parse_spans(target).items()) if text]
+    print(f"Restoration on {len(validation)} validation examples ({len(wanted)} spans), model {model_folder}, "
+          f"lexicon of {len(lexicon)} terms from the training targets:\n")
+    print("| decoding | span_accuracy | char_accuracy | exact_match | spans/s |")
+    print("| --- | --- | --- | --- | --- |")
+    rows = [("greedy, free length", 1, False, False), ("length-aware, greedy", 1, True, False),
+            ("length-aware, 2 beams", 2, True, False), ("length-aware, 4 beams", 4, True, False),
+            ("length-aware, 8 beams", 8, True, False), ("length-aware, 4 beams + lexicon", 4, True, True)]
+    spans_by_row = {}
+    for name, beams, aware, with_lexicon in rows:
+        decoding = Decoding(num_beams=beams, length_aware=aware, max_input_length=saved.max_input_length,
+                            max_new_tokens=saved.max_new_tokens)
+        restorer = Restorer(model, tokenizer, decoding, lexicon if with_lexicon else ())
+        documents = [from_sentinels(inputs, target_lengths(target)) for inputs, target in validation]
+        started = time.perf_counter()
+        results = restorer.restore_documents(documents, alternatives=3)
+        seconds = time.perf_counter() - started
+        scores = restoration_metrics([result["prediction"] for result in results], targets)
+        spans_by_row[name] = [span for result in results for span in result["spans"]]
+        print(f"| {name} | {scores['span_accuracy']:.3f} | {scores['char_accuracy']:.3f} | "
+              f"{scores['exact_match']:.3f} | {len(spans_by_row[name]) / seconds:.0f} |")
+    print(f"\nDoes confidence mean something? Spans of each setting split at confidence {threshold}:\n")
+    print(f"| decoding | spans ≥ {threshold} | their accuracy | spans < {threshold} | their accuracy |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, spans in spans_by_row.items():
+        right = [normalize(span["text"]) == want for span, want in zip(spans, wanted)]
+        high = [ok for ok, span in zip(right, spans) if span["confidence"] is not None and span["confidence"] >= threshold]
+        low = [ok for ok, span in zip(right, spans) if span["confidence"] is None or span["confidence"] < threshold]
+        share = lambda values: f"{sum(values) / len(values):.3f}" if values else "-"  # noqa: E731
+        print(f"| {name} | {len(high)} | {share(high)} | {len(low)} | {share(low)} |")
+    # Whole documents: the same examples as marker text joined into lines of about 3,000 characters.
+    lines, line, truth = [], "", []
+    for inputs, target in validation:
+        spans = parse_spans(target)
+        line += re.sub(r"<extra_id_(\d+)>", lambda match: "□" * len("".join(spans.get(int(match.group(1)), "").split())),
+                       inputs)
+        truth += [normalize(text) for _, text in sorted(spans.items()) if text]
+        if len(line) >= 3000:
+            lines, line = lines + [line], ""
+    lines += [line] if line else []
+    restorer = Restorer(model, tokenizer, Decoding(num_beams=4, max_input_length=saved.max_input_length,
+                                                   max_new_tokens=saved.max_new_tokens))
+    joined = [span for result in restorer.restore(lines) for span in result["spans"]]
+    separate = spans_by_row["length-aware, 4 beams"]
+    exact_lengths = all(len("".join(span["text"].split())) == part.length for span, part in
+                        zip(joined, [part for text in lines for part in from_markers(text).spans]) if span["text"])
+    print(f"\nThe same spans as {len(lines)} lines of about 3,000 characters, restored in windows of "
+          f"{saved.max_input_length} tokens (length-aware, 4 beams): span_accuracy "
+          f"{sum(normalize(span['text']) == want for span, want in zip(joined, truth)) / len(truth):.3f} against "
+          f"{sum(normalize(span['text']) == want for span, want in zip(separate, wanted)) / len(wanted):.3f} one "
+          f"example at a time; {sum(span['confidence'] is None for span in joined)} of {len(joined)} left marked; "
+          f"every restored span of exactly its length: {exact_lengths}.")
+
+
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
     parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare", "knobs",
-                                           "order"),
+                                           "order", "restore"),
                         help="run one section (knobs and order run only when named: about 16 and 3 minutes)")
     parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
     parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
@@ -589,7 +688,10 @@ def main():
     print(f"machine: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n")
     with tempfile.TemporaryDirectory() as folder:
-        if options.only not in ("memory", "prepare"):  # the sections that train need a model folder
+        if options.only in (None, "restore"):  # a trained model: yours, or the demo trained here
+            print()
+            bench_restore(options.model or trained_demo_model(folder), options.train_file, options.valid_file)
+        if options.only not in ("memory", "prepare", "restore"):  # the sections that train need a model folder
             options.model = options.model or tiny_model_folder(os.path.join(folder, "model"), options.train_file)
         if options.only in (None, "train", "callbacks"):
             tool_step, tool = bench_train(options, folder)

@@ -158,8 +158,8 @@ def make_trainer_class():
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from callbacks import SaveFailed, write_error
-    from restore import generate
-    from spans import restoration_metrics
+    from restoration import Decoding, Restorer, from_sentinels, target_lengths
+    from spans import SENTINEL, restoration_metrics
 
     class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         def __iter__(self):
@@ -168,16 +168,15 @@ def make_trainer_class():
     class DomainFocusTrainer(Seq2SeqTrainer):
         """Seq2SeqTrainer that adds restoration metrics on a fixed validation subset.
 
-        eval_loss covers the whole validation set; greedy generation, which costs far more per
-        example, runs on `generation_examples` only, so evaluation stays a small share of a run.
+        eval_loss covers the whole validation set; restoration, which costs far more per example,
+        runs on `generation_examples` only, so evaluation stays a small share of a run. It restores
+        them exactly as restore.py would with the model's saved decoding settings (restoration.py),
+        each gap's length taken from its target as a marker run would show it.
         """
 
-        def __init__(self, *args, generation_examples=(), max_input_length=512, max_new_tokens=256, guard=None,
-                     **kwargs):
+        def __init__(self, *args, generation_examples=(), guard=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.generation_examples = generation_examples
-            self.max_input_length = max_input_length
-            self.max_new_tokens = max_new_tokens
             self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -220,11 +219,15 @@ def make_trainer_class():
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
             if metric_key_prefix == "eval" and self.generation_examples:
-                inputs, targets = zip(*self.generation_examples)
-                predictions = generate(self.accelerator.unwrap_model(self.model), self.processing_class,
-                                       list(inputs), self.args.per_device_eval_batch_size, self.max_input_length,
-                                       self.max_new_tokens)
-                for name, value in restoration_metrics(predictions, list(targets)).items():
+                model = self.accelerator.unwrap_model(self.model)
+                if getattr(self, "restorer", None) is None or self.restorer.model is not model:
+                    self.restorer = Restorer(model, self.processing_class)
+                self.restorer.decoding = Decoding.of_model(model, batch_size=self.args.per_device_eval_batch_size)
+                targets = [target for _, target in self.generation_examples]
+                documents = [from_sentinels(text, target_lengths(target) if SENTINEL.search(target) else None)
+                             for text, target in self.generation_examples]
+                predictions = [result["prediction"] for result in self.restorer.restore_documents(documents)]
+                for name, value in restoration_metrics(predictions, targets).items():
                     output.metrics[f"eval_{name}"] = value
             return output
 

@@ -26,9 +26,8 @@ import re
 import sys
 import unicodedata
 
-from spans import MAX_SENTINELS, build_targets, sentinel
+from spans import MAX_SENTINELS, SENTENCE_END, build_targets, sentinel
 
-SENTENCE_END = re.compile(r"[。！？!?；;\n]|\.(?=\s|$)")
 # Unicode punctuation (categories P*) of the Basic Multilingual Plane, as one character class:
 # regular expressions test it in C, a hundred times faster than unicodedata per character.
 PUNCTUATION_CLASS = "".join(re.escape(chr(code)) for code in range(0x10000)

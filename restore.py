@@ -2,134 +2,138 @@
 
     python restore.py --model runs/demo/best --input damaged.txt --output restored.jsonl
     python restore.py --model runs/demo/best --input demo/valid.jsonl --output scored.jsonl
+    cat damaged.txt | python restore.py --model runs/demo/best --input - --output -
 
-Input: `.jsonl` with an "inputs" field in sentinel format (and optionally "targets"), or `.txt`
-with one text per line where a run of mask markers (default □) marks each lost span.
-Output: `.jsonl`, one object per input line with the input, "prediction" (the generated span
-sequence), "restored" (the text with every span filled in) and "targets" when given. With
-targets, the restoration metrics are printed as one JSON object on the last line of stdout.
-Everything runs locally; the model folder is read with from_pretrained and no network.
+Input (by extension, or --format): `.txt` with one text per line (or, with --documents paragraphs,
+blank-line-separated blocks) where each mask marker (default □) stands for one lost character;
+`.jsonl` with "inputs" in sentinel format, optionally "lengths" (one integer per sentinel) and
+"targets"; `.csv` / `.tsv` with the text in --text-column. `-` reads standard input as text lines.
+Output: JSON Lines, one object per input text, written as it goes (see README, "Using the trained
+model"). With targets, the restoration metrics are the last line of standard output.
+A thin layer over restoration.py; everything runs locally, nothing is downloaded.
 """
 
 import argparse
+import csv
 import json
 import os
-import re
+import signal
 import sys
 
-from spans import (MAX_SENTINELS, SENTINEL, SPECIAL_TOKENS, build_targets, fill_spans, parse_spans,
-                   restoration_metrics, sentinel)
+from restoration import Restorer, from_markers, from_sentinels, target_lengths
+from spans import SENTINEL, restoration_metrics
+
+FORMATS = ("txt", "jsonl", "csv", "tsv")
 
 
 class RestoreError(ValueError):
     """A problem the user can fix: bad path, bad file, bad option."""
 
 
-def generate(model, tokenizer, texts, batch_size=16, max_input_length=512, max_new_tokens=256, progress=None):
-    """Greedy generation for every text; returns decoded sequences with the sentinels kept.
-
-    Texts are batched by length (less padding), and the results returned in the input order.
-    """
-    import torch
-
-    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-    results = [None] * len(texts)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            batch = tokenizer([texts[index] for index in chosen], return_tensors="pt", padding=True,
-                              truncation=True, max_length=max_input_length).to(device)
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
-            for index, sequence in zip(chosen, output):
-                results[index] = tokenizer.decode(sequence, skip_special_tokens=False)
-            if progress is not None:
-                progress.update(len(chosen))
-    model.train(was_training)
-    return results
+def input_format(path, given):
+    if given:
+        return given
+    if path == "-":
+        return "txt"
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in FORMATS:
+        raise RestoreError(f"--input {path}: unknown file type '.{extension}'; use .txt, .jsonl, .csv or .tsv, "
+                           "or name the format with --format.")
+    return extension
 
 
-def markers_to_sentinels(text, marker):
-    """Each run of `marker` becomes the next sentinel (numbered on past 99 if need be)."""
-    runs = re.compile("(?:" + re.escape(marker) + ")+")
-    numbers = iter(range(len(text)))
-    return runs.sub(lambda match: sentinel(next(numbers)), text)
-
-
-def split_into_pieces(text):
-    """[(piece, first sentinel number)]: pieces of at most 100 sentinels each, renumbered from 0.
-
-    T5 tokenizers know only <extra_id_0> ... <extra_id_99>; a longer text is restored piece by piece.
-    """
-    pieces, current, count, offset, position = [], [], 0, 0, 0
-    for match in SENTINEL.finditer(text):
-        if count == MAX_SENTINELS:
-            pieces.append(("".join(current), offset))
-            current, count, offset = [], 0, offset + MAX_SENTINELS
-        current.append(text[position:match.start()] + sentinel(count))
-        count += 1
-        position = match.end()
-    current.append(text[position:])
-    pieces.append(("".join(current), offset))
-    return pieces
-
-
-def read_examples(path, marker, input_column, target_column):
-    """[(original input, input in sentinel format, targets or None)] from a .jsonl or .txt file."""
-    if not os.path.isfile(path):
-        raise RestoreError(f"--input {path}: no such file.")
-    examples = []
-    with open(path, "rb") as handle:
+def lines_of(path):
+    """(line number, text) of a UTF-8 file or of standard input, line ends removed."""
+    handle = sys.stdin.buffer if path == "-" else open(path, "rb")
+    with handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                yield line_number, raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 raise RestoreError(f"{path}:{line_number}: not UTF-8 text; re-save the file as UTF-8.") from None
-            if not line.strip():
-                continue
-            if path.endswith(".jsonl"):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise RestoreError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
-                if not isinstance(record, dict) or not isinstance(record.get(input_column), str):
-                    raise RestoreError(f"{path}:{line_number}: needs a string field \"{input_column}\".")
-                examples.append((record[input_column], record[input_column], record.get(target_column)))
-            else:
-                # A line without markers has nothing to restore and is passed through unchanged.
-                examples.append((line, markers_to_sentinels(line, marker) if marker in line else None, None))
+
+
+def read_documents(path, options):
+    """[(Document, targets or None)] from the input, in order."""
+    if path != "-" and not os.path.isfile(path):
+        raise RestoreError(f"--input {path}: no such file.")
+    kind = input_format(path, options.format)
+    marked = lambda text: from_markers(text, options.marker, options.any_length)  # noqa: E731
+    examples = []
+    if kind == "jsonl":
+        for line_number, line in lines_of(path):
+            if line.strip():
+                examples.append(jsonl_example(path, line_number, line, options.any_length))
+    elif kind in ("csv", "tsv"):
+        text = "\n".join(line for _, line in lines_of(path))
+        rows = csv.DictReader(text.splitlines(), delimiter="," if kind == "csv" else "\t")
+        if options.text_column not in (rows.fieldnames or []):
+            raise RestoreError(f"--input {path}: no column \"{options.text_column}\" (found {rows.fieldnames}); "
+                               "name the text column with --text-column.")
+        examples = [(marked(row[options.text_column] or ""), None) for row in rows]
+    elif options.documents == "paragraphs":
+        paragraph = []
+        for _, line in list(lines_of(path)) + [(0, "")]:
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                examples.append((marked("\n".join(paragraph)), None))
+                paragraph = []
+    else:
+        examples = [(marked(line), None) for _, line in lines_of(path) if line.strip()]
     if not examples:
         raise RestoreError(f"--input {path}: no text to restore.")
     return examples
 
 
-def assemble(sentinel_text, pieces, generated):
-    """(prediction, restored text) for one input from the generated outputs of its pieces."""
-    if sentinel_text is None:
-        return "", None
-    if not SENTINEL.search(sentinel_text):  # plain text-to-text: the output is the whole text
-        whole = SPECIAL_TOKENS.sub("", next(generated)).strip()
-        return whole, whole
-    spans = {}
-    for piece, offset in pieces:
-        piece_spans = parse_spans(next(generated))
-        for number in range(len(SENTINEL.findall(piece))):
-            spans[offset + number] = piece_spans.get(number, "")
-    prediction = build_targets([spans[number] for number in range(len(spans))])
-    return prediction, fill_spans(sentinel_text, spans)
+def jsonl_example(path, line_number, line, any_length):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise RestoreError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
+    if not isinstance(record, dict) or not isinstance(record.get("inputs"), str):
+        raise RestoreError(f"{path}:{line_number}: needs a string field \"inputs\".")
+    targets = record.get("targets") if isinstance(record.get("targets"), str) else None
+    count = len(SENTINEL.findall(record["inputs"]))
+    lengths = record.get("lengths")
+    if lengths is not None and (not isinstance(lengths, list) or len(lengths) != count or not all(
+            length is None or (isinstance(length, int) and not isinstance(length, bool) and length > 0)
+            for length in lengths)):
+        raise RestoreError(f"{path}:{line_number}: \"lengths\" must list one positive integer (or null) per "
+                           f"sentinel ({count} here).")
+    if lengths is None and targets is not None and SENTINEL.search(targets):
+        lengths = target_lengths(targets)  # scoring: the targets show how many characters each gap lost
+        lengths += [None] * (count - len(lengths))
+    return from_sentinels(record["inputs"], None if any_length else lengths), targets
 
 
-def main(argv=None):
+def output_handle(path):
+    if path == "-":
+        return sys.stdout
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RestoreError(f"--output {path}: the folder {folder} does not exist.")
+    return open(path, "w", encoding="utf-8")
+
+
+def parse_options(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="folder written by train.py (best/ or latest/)")
-    parser.add_argument("--input", required=True, help=".jsonl with inputs (and targets) or .txt with mask markers")
-    parser.add_argument("--output", required=True, help=".jsonl to write")
-    parser.add_argument("--marker", default="□", help="mask marker in .txt input (default □)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-input-length", type=int, default=512, help="tokens")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens generated per text")
+    parser.add_argument("--input", required=True, help=".txt, .jsonl, .csv, .tsv, or - for standard input")
+    parser.add_argument("--output", required=True, help=".jsonl to write, or - for standard output")
+    parser.add_argument("--format", choices=FORMATS, help="input format when the extension does not say it")
+    parser.add_argument("--text-column", default="text", help="column holding the text in .csv / .tsv input")
+    parser.add_argument("--documents", choices=("lines", "paragraphs"), default="lines",
+                        help="in .txt: one text per line, or blank-line-separated paragraphs (OCR breaks lines)")
+    parser.add_argument("--marker", default="□", help="mask marker, one per lost character (default □)")
+    parser.add_argument("--any-length", action="store_true", help="marker runs do not show how many characters were lost")
+    parser.add_argument("--num-beams", type=int, help="beams (default: as the model was evaluated in training)")
+    parser.add_argument("--alternatives", type=int, default=3, help="other candidates listed per span (default 3)")
+    parser.add_argument("--review-below", type=float, help="flag restorations with confidence below this for review")
+    parser.add_argument("--lexicon", help="term list (as for prepare.py) whose fitting terms compete as candidates")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows decoded together")
+    parser.add_argument("--max-input-length", type=int, help="tokens per window (default: the model's MAX_INPUT_LENGTH)")
+    parser.add_argument("--max-new-tokens", type=int, help="tokens generated per window (default: MAX_TARGET_LENGTH)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     options = parser.parse_args(argv)
     if not os.path.isdir(options.model) or not os.path.isfile(os.path.join(options.model, "config.json")):
@@ -137,38 +141,75 @@ def main(argv=None):
                            "point it at OUTPUT_DIR/best or OUTPUT_DIR/latest.")
     if not options.marker:
         raise RestoreError("--marker must not be empty.")
-    examples = read_examples(options.input, options.marker, "inputs", "targets")
+    for name in ("num_beams", "batch_size", "max_input_length", "max_new_tokens"):
+        if getattr(options, name) is not None and getattr(options, name) < 1:
+            raise RestoreError(f"--{name.replace('_', '-')} must be at least 1.")
+    if options.alternatives < 0:
+        raise RestoreError("--alternatives must not be negative.")
+    if options.review_below is not None and not 0 <= options.review_below <= 1:
+        raise RestoreError("--review-below is a confidence between 0 and 1, e.g. 0.5.")
+    return options
 
-    import torch
+
+def main(argv=None):
+    options = parse_options(argv)
+    examples = read_documents(options.input, options)
+    lexicon = []
+    if options.lexicon:
+        from prepare import PrepareError, read_lexicon
+
+        try:
+            lexicon = read_lexicon(options.lexicon)
+        except PrepareError as error:
+            raise RestoreError(f"--lexicon {error}") from None
+    handle = output_handle(options.output)
     from tqdm.auto import tqdm
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(options.model, local_files_only=True)
-    model = AutoModelForSeq2SeqLM.from_pretrained(options.model, local_files_only=True,
-                                                  use_safetensors=True).to(device)
-    split = [split_into_pieces(sentinel_text) if sentinel_text is not None else []
-             for _, sentinel_text, _ in examples]
-    texts = [piece for pieces in split for piece, _ in pieces]
-    with tqdm(total=len(texts), desc="Restoring", unit="text", file=sys.stderr) as progress:
-        generated = iter(generate(model, tokenizer, texts, options.batch_size, options.max_input_length,
-                                  options.max_new_tokens, progress))
+    restorer = Restorer.load(options.model, options.device, lexicon, num_beams=options.num_beams,
+                             batch_size=options.batch_size, max_input_length=options.max_input_length,
+                             max_new_tokens=options.max_new_tokens)
+    counts = {"restored": 0, "left marked": 0, "flagged for review": 0}
     scored_predictions, scored_targets = [], []
-    with open(options.output + ".tmp", "w", encoding="utf-8") as handle:
-        for (text, sentinel_text, targets), pieces in zip(examples, split):
-            prediction, restored = assemble(sentinel_text, pieces, generated)
-            record = {"inputs": text, "prediction": prediction, "restored": text if restored is None else restored}
-            if isinstance(targets, str):
-                record["targets"] = targets
-                scored_predictions.append(prediction)
-                scored_targets.append(targets)
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(options.output + ".tmp", options.output)
-    print(f"Restored {len(examples)} texts -> {options.output}", file=sys.stderr)
+    written = 0
+    try:
+        with tqdm(total=len(examples), desc="Restoring", unit="text", file=sys.stderr) as progress:
+            for start in range(0, len(examples), options.batch_size):  # written as it goes
+                chunk = examples[start:start + options.batch_size]
+                results = restorer.restore_documents([document for document, _ in chunk], options.alternatives,
+                                                     options.review_below)
+                lines = []
+                for (document, targets), result in zip(chunk, results):
+                    tally(counts, result)
+                    prediction = result.pop("prediction")
+                    if targets is not None:
+                        result.update(prediction=prediction, targets=targets)
+                        scored_predictions.append(prediction)
+                        scored_targets.append(targets)
+                    lines.append(json.dumps(result, ensure_ascii=False) + "\n")
+                handle.write("".join(lines))  # whole lines only, so an interrupt never leaves half of one
+                handle.flush()
+                written += len(chunk)
+                progress.update(len(chunk))
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"Interrupted: {written} of {len(examples)} texts written to {options.output} (complete lines); "
+              f"the rest were not restored.", file=sys.stderr)
+        return 130
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    print(f"Restored {len(examples)} texts -> {options.output}: {counts['restored']} spans restored, "
+          f"{counts['left marked']} left marked, {counts['flagged for review']} flagged for review.", file=sys.stderr)
     if scored_targets:
         metrics = restoration_metrics(scored_predictions, scored_targets)
         print(json.dumps({"examples": len(scored_targets), **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
+
+
+def tally(counts, result):
+    for span in result["spans"]:
+        counts["restored" if span["confidence"] is not None else "left marked"] += 1
+        counts["flagged for review"] += span["review"]
 
 
 if __name__ == "__main__":
@@ -177,3 +218,6 @@ if __name__ == "__main__":
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # before the first text was written
+        print("Interrupted before any text was restored; nothing was written.", file=sys.stderr)
+        sys.exit(130)

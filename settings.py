@@ -51,7 +51,7 @@ def check_config(config):
             raise ConfigError(f"{name}={config[name]!r}: choose one of {', '.join(choices)}.")
     for name in ("MAX_INPUT_LENGTH", "MAX_TARGET_LENGTH", "PER_DEVICE_BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS",
                  "EVAL_STEPS", "SAVE_STEPS", "LOGGING_STEPS", "SAVE_TOTAL_LIMIT", "EARLY_STOPPING_PATIENCE",
-                 "MAX_NONFINITE_STEPS"):
+                 "MAX_NONFINITE_STEPS", "NUM_BEAMS"):
         if config[name] < 1:
             raise ConfigError(f"{name}={config[name]}: must be at least 1.")
     for name in ("LEARNING_RATE", "NUM_EPOCHS"):

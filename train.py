@@ -33,7 +33,8 @@ LOGGING_STEPS = 100  # optimizer steps between progress lines
 SAVE_TOTAL_LIMIT = 3  # checkpoints kept (the best one is never deleted)
 MAX_NONFINITE_STEPS = 10  # steps in a row with NaN/inf loss or gradients (each one skipped) before stopping
 # --- evaluation and early stopping -----------------------------------------------------------
-GEN_EVAL_SAMPLES = 200  # validation examples restored by greedy generation at each evaluation; 0 = loss only
+GEN_EVAL_SAMPLES = 200  # validation examples restored at each evaluation (as restore.py would); 0 = loss only
+NUM_BEAMS = 4  # beam search width for those restorations, saved with the model for restore.py (see README)
 METRIC_FOR_BEST_MODEL = "eval_loss"  # picks best/, drives early stopping: eval_loss, span_accuracy, char_accuracy, exact_match
 EARLY_STOPPING_START_STEP = 6000  # evaluations before this step never stop training
 EARLY_STOPPING_PATIENCE = 5  # evaluations without improvement before stopping
@@ -287,6 +288,7 @@ def train(config, flags, checkpoint, interrupt):
     from data import file_fingerprint, first_examples, load_tokenized, report_truncation
     from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train, trim_model
     from report import model_card, plot_run, run_record, summarize
+    from restoration import Decoding
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
@@ -318,6 +320,9 @@ def train(config, flags, checkpoint, interrupt):
     report_memory(model, config, counts, precision_flags)
     if model.device.type == "meta":
         model = load_model(*model_source, tokenizer=tokenizer)[1]
+    # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated.
+    Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
+             max_new_tokens=config["MAX_TARGET_LENGTH"]).save_to(model)
     # 3. Trainer and the DomainFocus callbacks.
     early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
                                           config["EARLY_STOPPING_THRESHOLD"])
@@ -329,7 +334,7 @@ def train(config, flags, checkpoint, interrupt):
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         generation_examples=first_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
-        max_input_length=config["MAX_INPUT_LENGTH"], max_new_tokens=config["MAX_TARGET_LENGTH"], guard=guard,
+        guard=guard,
         callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping, guard,
                    MetricsFileCallback(os.path.join(output_dir, "metrics.jsonl")), interrupt,
                    CurvesCallback(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)],

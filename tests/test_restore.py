@@ -1,38 +1,250 @@
-"""restore.py on a trained demo model: fills every span, scores like training does, splits long lines."""
+"""Restoration a reader can trust: no loss hidden, exact lengths, whole documents, confidence, lexicon,
+one decoding definition shared with training, and restore.py as a pipeline tool."""
 
 import json
+import math
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import ROOT, offline_environment
 from spans import SENTINEL, fill_spans, parse_spans
 
+LINE = "患者因□□□□□□入院，首选检查为□□□，给予□□□□治疗。"
 
-def restore(hf_home, *arguments):
+
+def restore(hf_home, *arguments, stdin=None):
     return subprocess.run([sys.executable, str(ROOT / "restore.py"), *map(str, arguments)], capture_output=True,
-                          text=True, timeout=300, env=offline_environment(hf_home))
+                          text=True, timeout=300, env=offline_environment(hf_home), input=stdin)
 
 
-def test_jsonl_with_targets_is_restored_and_scored_like_the_training_evaluation(finished_run, small_data,
-                                                                                  tmp_path, hf_home):
+def records_of(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def restorer(finished_run):
+    from restoration import Restorer
+
+    return Restorer.load(str(finished_run[0] / "best"), device="cpu")
+
+
+def characters(text):
+    return len("".join(text.split()))
+
+
+def forced_generation(restorer, span_texts):
+    """A stand-in for model.generate that 'generates' these span texts (None: stop before that span)."""
+    import torch
+
+    table = restorer.table
+    tokens = [restorer.model.config.decoder_start_token_id]
+    for number, text in enumerate(span_texts):
+        if text is None:
+            tokens.append(int(table.sentinel_ids[number]))  # closes the span before, opens this one
+            break
+        tokens += [int(table.sentinel_ids[number])] + restorer.span_tokens([text])[0]
+    else:
+        tokens.append(int(table.sentinel_ids[len(span_texts)]))
+    tokens.append(restorer.tokenizer.eos_token_id)
+
+    def generate(input_ids=None, num_return_sequences=1, **kwargs):
+        return torch.tensor([tokens] * (input_ids.shape[0] * num_return_sequences))
+
+    return generate
+
+
+# --- 1. never hide a loss ----------------------------------------------------------------------
+
+def test_a_model_that_generates_nothing_leaves_every_marker_and_the_context_intact(restorer, monkeypatch):
+    restorer.restore(["x□"])  # builds the token table
+    monkeypatch.setattr(restorer.model, "generate", forced_generation(restorer, [None]))
+    texts = [LINE, "Diagnosis: □□□□. Plan: □□□□□□□.", "no mask here"]
+    results = restorer.restore(texts)
+    assert [result["restored"] for result in results] == texts
+    assert [len(result["spans"]) for result in results] == [3, 2, 0]
+    for span in results[0]["spans"] + results[1]["spans"]:
+        assert span == {"text": "", "confidence": None, "alternatives": [], "review": False}
+
+
+def test_a_span_the_model_did_not_reach_stays_marked_and_the_one_it_did_is_filled(restorer, monkeypatch):
+    restorer.restore(["x□"])
+    monkeypatch.setattr(restorer.model, "generate", forced_generation(restorer, ["患", None]))
+    [result] = restorer.restore(["予阿□西林□治疗"])
+    assert result["restored"] == "予阿患西林□治疗"
+    assert [span["text"] for span in result["spans"]] == ["患", ""]
+    assert result["spans"][1]["confidence"] is None and 0 <= result["spans"][0]["confidence"] <= 1
+
+
+def test_the_summary_counts_spans_restored_left_marked_and_flagged(finished_run, tmp_path, hf_home):
+    (tmp_path / "damaged.txt").write_text(LINE + "\n" + "no mask\n", encoding="utf-8")
+    result = restore(hf_home, "--model", finished_run[0] / "best", "--input", tmp_path / "damaged.txt",
+                     "--output", tmp_path / "out.jsonl", "--review-below", "1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = records_of(tmp_path / "out.jsonl")
+    assert "3 spans restored, 0 left marked, 3 flagged for review" in result.stderr
+    # Flagged spans keep their restoration, visibly marked for review.
+    assert records[0]["restored"].count("⟦") == 3 and all(span["review"] for span in records[0]["spans"])
+    assert records[1]["restored"] == "no mask" and records[1]["spans"] == []
+
+
+# --- 2. length-aware restoration -----------------------------------------------------------------
+
+def test_each_span_gets_exactly_as_many_characters_as_it_has_markers(finished_run, tmp_path, hf_home):
+    lines = [LINE, "Diagnosis: □□□□□□. Plan: □□□□□□□□□□□□□□□□□□ daily.", "□心电图□□□"]
+    (tmp_path / "damaged.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = restore(hf_home, "--model", finished_run[0] / "best", "--input", tmp_path / "damaged.txt",
+                     "--output", tmp_path / "out.jsonl")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line, record in zip(lines, records_of(tmp_path / "out.jsonl"), strict=True):
+        runs = re.findall("□+", line)
+        assert [characters(span["text"]) for span in record["spans"]] == [len(run) for run in runs]
+        context = re.split("□+", line)
+        rebuilt = context[0] + "".join(span["text"] + after for span, after in zip(record["spans"], context[1:]))
+        assert record["restored"] == rebuilt  # the undamaged text, character for character
+
+
+def test_jsonl_lengths_are_honoured_and_any_length_lifts_the_constraint(restorer):
+    from restoration import from_markers, from_sentinels
+
+    document = from_sentinels("患者因<extra_id_0>入院，给予<extra_id_1>治疗。", [2, 5])
+    [result] = restorer.restore_documents([document])
+    assert [characters(span["text"]) for span in result["spans"]] == [2, 5]
+    # --any-length: the runs' lengths are not used, so they need not match.
+    free = from_markers("患者因□入院，给予□治疗。", any_length=True)
+    assert [span.length for span in free.spans] == [None, None]
+    [result] = restorer.restore_documents([free])
+    assert all(span["text"] for span in result["spans"])
+
+
+def test_bad_lengths_in_jsonl_are_a_one_line_error(finished_run, tmp_path, hf_home):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"inputs": "a<extra_id_0>b", "lengths": [0]}) + "\n")
+    result = restore(hf_home, "--model", finished_run[0] / "best", "--input", tmp_path / "in.jsonl",
+                     "--output", tmp_path / "out.jsonl")
+    assert result.returncode == 2 and "in.jsonl:1" in result.stderr and "lengths" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+# --- 3. whole documents of any length ----------------------------------------------------------------
+
+def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exactly_its_length(restorer):
+    from restoration import cut_windows, from_markers
+
+    sentences = [json.loads(line)["inputs"] for line in (ROOT / "demo" / "valid.jsonl").read_text().splitlines()]
+    plain = SENTINEL.sub("", "".join(sentences))[:3000]
+    positions = sorted(range(60, 2950, 72))[:40]
+    pieces, previous = [], 0
+    for number, position in enumerate(positions):
+        pieces += [plain[previous:position], "□" * (1 + number % 6)]
+        previous = position + 1 + number % 6
+    pieces.append(plain[previous:])
+    line = "".join(pieces)
+    assert len(line) >= 3000 and len(re.findall("□+", line)) == 40
+    document = from_markers(line)
+    windows = cut_windows(0, document, restorer.tokenizer, restorer.decoding)
+    assert len(windows) > 3  # far longer than the model's 128-token input
+    assert all(len(restorer.tokenizer(window.text)["input_ids"]) <= restorer.decoding.max_input_length
+               for window in windows)
+    assert sum(len(window.spans) for window in windows) == 40  # each span restored once
+    for window in windows:  # with undamaged context on both sides, up to the neighbouring gaps
+        assert len(window.text.split("<extra_id_0>")[0]) >= 5 and len(SENTINEL.split(window.text)[-1]) >= 5
+    [result] = restorer.restore([line])
+    assert len(result["spans"]) == 40
+    assert [characters(span["text"]) for span in result["spans"]] == [1 + number % 6 for number in range(40)]
+    context = re.split("□+", line)
+    assert result["restored"] == context[0] + "".join(
+        span["text"] + after for span, after in zip(result["spans"], context[1:]))
+
+
+def test_paragraphs_are_one_document_and_keep_their_line_breaks(finished_run, tmp_path, hf_home):
+    text = "患者因□□□□□□\n入院，首选检查为□□□。\n\n第二段□□治疗。\n"
+    (tmp_path / "ocr.txt").write_text(text, encoding="utf-8")
+    result = restore(hf_home, "--model", finished_run[0] / "best", "--input", tmp_path / "ocr.txt",
+                     "--output", tmp_path / "out.jsonl", "--documents", "paragraphs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = records_of(tmp_path / "out.jsonl")
+    assert [record["inputs"] for record in records] == ["患者因□□□□□□\n入院，首选检查为□□□。", "第二段□□治疗。"]
+    assert records[0]["restored"].startswith("患者因") and "\n入院，首选检查为" in records[0]["restored"]
+    assert len(records[0]["spans"]) == 2
+
+
+# --- 4. confidence and alternatives --------------------------------------------------------------
+
+def test_confidence_is_the_models_probability_of_the_span_and_its_closing_sentinel(restorer):
+    import torch
+
+    from restoration import Decoding, Restorer
+
+    beams = Restorer(restorer.model, restorer.tokenizer, Decoding(num_beams=4, max_input_length=128,
+                                                                  max_new_tokens=64))
+    [result] = beams.restore(["患者因□□□□□□入院。"], alternatives=3)
+    [span] = result["spans"]
+    # The same probability computed here by hand: teacher-forced, softmax over the whole vocabulary.
+    tokens = beams.span_tokens([span["text"]])[0]
+    table = beams.table
+    decoder = [restorer.model.config.decoder_start_token_id, int(table.sentinel_ids[0])] + tokens
+    labels = decoder[1:] + [int(table.sentinel_ids[1])]
+    encoded = restorer.tokenizer(["患者因<extra_id_0>入院。"], return_tensors="pt")
+    with torch.inference_mode():
+        logits = restorer.model(**encoded, decoder_input_ids=torch.tensor([decoder])).logits[0]
+    log_probs = torch.log_softmax(logits, dim=-1)[torch.arange(len(labels)), torch.tensor(labels)]
+    assert span["confidence"] == pytest.approx(math.exp(float(log_probs[1:].sum())), rel=1e-3)
+    assert len(span["alternatives"]) <= 3 and all(characters(a["text"]) == 6 for a in span["alternatives"])
+    shown = [span["confidence"]] + [alternative["confidence"] for alternative in span["alternatives"]]
+    assert shown == sorted(shown, reverse=True) and all(0 <= value <= 1 for value in shown)
+
+
+# --- 5. lexicon-aware restoration ------------------------------------------------------------------
+
+def test_a_lexicon_term_the_model_prefers_is_chosen_and_one_that_does_not_fit_never_is(restorer, monkeypatch):
+    from restoration import Restorer, from_sentinels
+
+    text = "<extra_id_0>患者常表现为胸骨后压榨性疼痛，首选检查为心电图。"
+    plain = Restorer(restorer.model, restorer.tokenizer, restorer.decoding)
+    plain.restore(["x□"])
+    monkeypatch.setattr(plain.model, "generate", forced_generation(plain, ["的的的的的的"]))
+    [generated] = plain.restore_documents([from_sentinels(text, [6])])
+    assert generated["spans"][0]["text"] == "的的的的的的"
+    terms = ["急性心肌梗死", "类风湿关节炎", "心电图", "社区获得性肺炎"]
+    with_lexicon = Restorer(restorer.model, restorer.tokenizer, restorer.decoding, lexicon=terms)
+    with_lexicon.table = plain.table
+    [result] = with_lexicon.restore_documents([from_sentinels(text, [6])], alternatives=5)
+    [span] = result["spans"]
+    candidates = {span["text"]: span["confidence"],
+                  **{alternative["text"]: alternative["confidence"] for alternative in span["alternatives"]}}
+    # The six-character terms were scored beside the generated text; the likeliest of all is chosen.
+    assert {"急性心肌梗死", "类风湿关节炎", "的的的的的的"} <= set(candidates)
+    assert "心电图" not in candidates and "社区获得性肺炎" not in candidates  # wrong length: never scored
+    assert span["confidence"] == max(candidates.values())
+    assert candidates["急性心肌梗死"] > generated["spans"][0]["confidence"]
+    assert span["text"] != "的的的的的的"
+
+
+# --- 6. one decoding definition --------------------------------------------------------------------
+
+def test_jsonl_with_targets_is_restored_and_scored_exactly_like_the_training_evaluation(finished_run, small_data,
+                                                                                         tmp_path, hf_home):
     output_dir, _ = finished_run
+    saved = json.loads((output_dir / "best" / "generation_config.json").read_text())
+    assert (saved["num_beams"], saved["max_input_length"], saved["max_new_tokens"]) == (4, 128, 64)
     # The same examples that the training run scored at each evaluation (GEN_EVAL_SAMPLES=16).
     subset = tmp_path / "subset.jsonl"
     subset.write_text("\n".join(small_data[1].read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8")
     result = restore(hf_home, "--model", output_dir / "latest", "--input", subset, "--output",
                      tmp_path / "restored.jsonl")
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "restored.jsonl").read_text().splitlines()]
+    records = records_of(tmp_path / "restored.jsonl")
     originals = [json.loads(line) for line in subset.read_text(encoding="utf-8").splitlines()]
     assert len(records) == len(originals) == 16
     for record, original in zip(records, originals):
         assert record["inputs"] == original["inputs"] and record["targets"] == original["targets"]
         assert record["restored"] == fill_spans(record["inputs"], parse_spans(record["prediction"]))
-        assert not SENTINEL.search(record["restored"])
+        assert len(record["spans"]) == len(SENTINEL.findall(record["inputs"]))
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    # The training run scored these examples with the same greedy decoding at step 20.
     logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     at_end = [entry for entry in logged if entry.get("step") == 20 and "eval_span_accuracy" in entry][-1]
     for name in ("span_accuracy", "char_accuracy", "exact_match"):
@@ -40,25 +252,54 @@ def test_jsonl_with_targets_is_restored_and_scored_like_the_training_evaluation(
     assert metrics["examples"] == 16
 
 
-def test_text_with_mask_markers_including_more_than_100_in_a_line(finished_run, tmp_path, hf_home):
-    lines = ["患者因□□入院，给予□治疗。", "Diagnosis: □. Plan: aspirin.", "no mask here",
-             "，".join(["心电图□"] * 150)]
-    (tmp_path / "damaged.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = restore(hf_home, "--model", finished_run[0] / "best", "--input", tmp_path / "damaged.txt",
-                     "--output", tmp_path / "restored.jsonl", "--max-new-tokens", "8")
+# --- 7. usable from a pipeline ---------------------------------------------------------------------
+
+def test_csv_tsv_and_standard_input_and_output(finished_run, tmp_path, hf_home):
+    model = finished_run[0] / "best"
+    (tmp_path / "notes.csv").write_text("id,note\n1,\"患者因□□入院，给予□治疗。\"\n2,无缺损\n", encoding="utf-8")
+    result = restore(hf_home, "--model", model, "--input", tmp_path / "notes.csv", "--text-column", "note",
+                     "--output", tmp_path / "out.jsonl")
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "restored.jsonl").read_text().splitlines()]
-    assert [record["inputs"] for record in records] == lines
-    for record in records:
-        assert "□" not in record["restored"] and not SENTINEL.search(record["restored"])
-    assert records[0]["restored"].startswith("患者因") and records[0]["restored"].endswith("治疗。")
-    assert sorted(parse_spans(records[3]["prediction"])) == list(range(151))  # 150 spans, then the closing one
-    assert records[3]["restored"].count("心电图") >= 150
-    assert records[2]["restored"] == "no mask here"
-    assert "{" not in result.stdout  # no targets, no metrics line
+    assert [len(record["spans"]) for record in records_of(tmp_path / "out.jsonl")] == [2, 0]
+    (tmp_path / "notes.tsv").write_text("note\tid\n予阿□□□□治疗。\t1\n", encoding="utf-8")
+    result = restore(hf_home, "--model", model, "--input", tmp_path / "notes.tsv", "--text-column", "note",
+                     "--output", "-")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[0])["inputs"] == "予阿□□□□治疗。"
+    result = restore(hf_home, "--model", model, "--input", "-", "--output", "-", stdin=LINE + "\n")
+    assert result.returncode == 0 and len(json.loads(result.stdout.splitlines()[0])["spans"]) == 3
 
 
-def test_a_folder_that_is_not_a_model_is_a_one_line_error(tmp_path, hf_home):
+def test_unknown_extension_missing_column_and_bad_model_are_one_line_errors(finished_run, tmp_path, hf_home):
+    model = finished_run[0] / "best"
+    (tmp_path / "notes.docx").write_text("x□\n", encoding="utf-8")
+    (tmp_path / "notes.csv").write_text("id,text\n", encoding="utf-8")
     (tmp_path / "in.txt").write_text("x□\n", encoding="utf-8")
-    result = restore(hf_home, "--model", tmp_path, "--input", tmp_path / "in.txt", "--output", tmp_path / "o.jsonl")
-    assert result.returncode == 2 and "not a model folder" in result.stderr and "Traceback" not in result.stderr
+    for arguments, message in (
+            (["--model", model, "--input", tmp_path / "notes.docx"], "unknown file type '.docx'"),
+            (["--model", model, "--input", tmp_path / "notes.csv", "--text-column", "note"], "no column \"note\""),
+            (["--model", tmp_path, "--input", tmp_path / "in.txt"], "not a model folder")):
+        result = restore(hf_home, *arguments, "--output", tmp_path / "o.jsonl")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_ctrl_c_leaves_complete_lines_and_says_how_far_it_got(finished_run, tmp_path, hf_home):
+    lines = [f"第{number}例：患者因□□□□□□入院，首选检查为□□□。" for number in range(4000)]
+    (tmp_path / "many.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    process = subprocess.Popen([sys.executable, str(ROOT / "restore.py"), "--model", str(finished_run[0] / "best"),
+                                "--input", str(tmp_path / "many.txt"), "--output", str(output)],
+                               stderr=subprocess.PIPE, text=True, env=offline_environment(hf_home))
+    deadline = time.time() + 240
+    while time.time() < deadline and (not output.exists() or output.stat().st_size < 2000):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    written = output.read_text(encoding="utf-8")
+    assert written.endswith("\n")
+    records = [json.loads(line) for line in written.splitlines()]
+    assert 0 < len(records) < len(lines)
+    assert [record["inputs"] for record in records] == lines[:len(records)]
+    assert f"Interrupted: {len(records)} of {len(lines)} texts written" in stderr
