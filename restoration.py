@@ -58,6 +58,9 @@ class Decoding:
         """Make `model.save_pretrained` write these settings into generation_config.json."""
         for name in self.SAVED:
             setattr(model.generation_config, name, getattr(self, name))
+        # A generation config derived from the model config drops unknown keys when it is loaded
+        # again (transformers 5); marked as a config of its own, it keeps length_aware and max_input_length.
+        model.generation_config._from_model_config = False
 
 
 @dataclasses.dataclass
@@ -174,10 +177,8 @@ def cut_windows(index, document, tokenizer, decoding):
     def make(before, focus, after):
         blocks = before + focus + after
         members = [part for block in focus for part in block if isinstance(part, Span)]
-        target = sum(map(span_target_tokens, members))
         text = window_text(blocks)
-        fits = (len(members) <= MAX_WINDOW_SPANS and (target <= budget or len(members) == 1)
-                and len(tokenizer(text)["input_ids"]) <= limit)
+        fits = len(members) <= MAX_WINDOW_SPANS and len(tokenizer(text)["input_ids"]) <= limit
         return fits, Window(index, text, members)
 
     fits, whole = make([], [document.parts], [])

@@ -160,6 +160,13 @@ def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exa
         span["text"] + after for span, after in zip(result["spans"], context[1:]))
 
 
+def test_a_line_with_more_gaps_than_sentinels_is_restored_whole(restorer):
+    line = "，".join(["心电图□"] * 150) + "。"
+    [result] = restorer.restore([line])
+    assert len(result["spans"]) == 150 and all(characters(span["text"]) == 1 for span in result["spans"])
+    assert "□" not in result["restored"] and result["restored"].count("心电图") >= 150
+
+
 def test_paragraphs_are_one_document_and_keep_their_line_breaks(finished_run, tmp_path, hf_home):
     text = "患者因□□□□□□\n入院，首选检查为□□□。\n\n第二段□□治疗。\n"
     (tmp_path / "ocr.txt").write_text(text, encoding="utf-8")
@@ -231,6 +238,10 @@ def test_jsonl_with_targets_is_restored_and_scored_exactly_like_the_training_eva
     output_dir, _ = finished_run
     saved = json.loads((output_dir / "best" / "generation_config.json").read_text())
     assert (saved["num_beams"], saved["max_input_length"], saved["max_new_tokens"]) == (4, 128, 64)
+    from restoration import Decoding, Restorer
+
+    assert Restorer.load(str(output_dir / "best"), device="cpu").decoding == Decoding(
+        num_beams=4, length_aware=True, max_input_length=128, max_new_tokens=64)
     # The same examples that the training run scored at each evaluation (GEN_EVAL_SAMPLES=16).
     subset = tmp_path / "subset.jsonl"
     subset.write_text("\n".join(small_data[1].read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8")
