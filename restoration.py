@@ -15,8 +15,8 @@ What it guarantees:
   text "" and confidence None. The undamaged text is copied character for character.
 * Length-aware: a span whose length is known (one marker per lost character) is restored with
   exactly that many characters, whitespace not counted, by masking the logits during decoding.
-* Long texts are cut into windows at sentence ends; each span is restored once, in the window
-  where it lies in the middle, with context on both sides. Nothing is truncated.
+* Long texts are cut into windows at sentence ends: each damaged sentence is restored once, with
+  the undamaged text around it as context on both sides. Nothing is truncated.
 * Confidence of a span = the model's probability of its tokens followed by the closing sentinel,
   given the input and the best beam's spans before it (product of softmax probabilities, without
   the length mask). Candidates (the beams' texts, fitting lexicon terms) are ranked by it.
@@ -26,7 +26,7 @@ import dataclasses
 import math
 import re
 
-from spans import MAX_SENTINELS, SENTENCE_END, SENTINEL, SPECIAL_TOKENS, build_targets, sentinel
+from spans import MAX_SENTINELS, SENTENCE_END, SENTINEL, SPECIAL_TOKENS, build_targets, parse_spans, sentinel
 
 MAX_WINDOW_SPANS = MAX_SENTINELS - 1  # the closing sentinel of a window needs a number too
 UNKNOWN_SPAN_TARGET_TOKENS = 8  # target tokens planned for a span of unknown length when cutting windows
@@ -100,7 +100,8 @@ def from_sentinels(text, lengths=None):
         return Document(text, [text], plain=True)
     parts, position = [], 0
     for number, match in enumerate(SENTINEL.finditer(text)):
-        parts += [text[position:match.start()], Span(match.group(), lengths[number] if lengths and number < len(lengths) else None)]
+        length = lengths[number] if lengths and number < len(lengths) else None
+        parts += [text[position:match.start()], Span(match.group(), length)]
         position = match.end()
     parts.append(text[position:])
     return Document(text, [part for part in parts if part != ""])
@@ -108,8 +109,6 @@ def from_sentinels(text, lengths=None):
 
 def target_lengths(targets):
     """Each target span's characters without whitespace: what a marker run would have shown."""
-    from spans import parse_spans
-
     return [len("".join(text.split())) or None for _, text in sorted(parse_spans(targets).items())]
 
 
@@ -175,11 +174,11 @@ def cut_windows(index, document, tokenizer, decoding):
     limit, budget = decoding.max_input_length, decoding.max_new_tokens
 
     def make(before, focus, after):
-        blocks = before + focus + after
         members = [part for block in focus for part in block if isinstance(part, Span)]
-        text = window_text(blocks)
-        fits = len(members) <= MAX_WINDOW_SPANS and len(tokenizer(text)["input_ids"]) <= limit
-        return fits, Window(index, text, members)
+        if len(members) > MAX_WINDOW_SPANS:
+            return False, None
+        text = window_text(before + focus + after)
+        return len(tokenizer(text)["input_ids"]) <= limit, Window(index, text, members)
 
     fits, whole = make([], [document.parts], [])
     if fits:
@@ -386,9 +385,8 @@ class Restorer:
                 for index, document in enumerate(documents)]
 
     def generate_plain(self, texts, device):
-        """Text-to-text inputs (no sentinels): free generation; inputs longer than the model's input are cut."""
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                               max_length=self.decoding.max_input_length).to(device)
+        """Text-to-text inputs (no sentinels): free generation of the whole text, never truncated."""
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True).to(device)
         output = self.model.generate(**batch, max_new_tokens=self.decoding.max_new_tokens,
                                      num_beams=self.decoding.num_beams, do_sample=False)
         return [SPECIAL_TOKENS.sub("", self.tokenizer.decode(sequence, skip_special_tokens=True)).strip()
