@@ -178,6 +178,7 @@ def make_trainer_class():
             super().__init__(*args, **kwargs)
             self.generation_examples = generation_examples
             self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
+            self.restorer = None  # built at the first evaluation, kept while the model is the same
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -220,7 +221,7 @@ def make_trainer_class():
                                              metric_key_prefix)
             if metric_key_prefix == "eval" and self.generation_examples:
                 model = self.accelerator.unwrap_model(self.model)
-                if getattr(self, "restorer", None) is None or self.restorer.model is not model:
+                if self.restorer is None or self.restorer.model is not model:
                     self.restorer = Restorer(model, self.processing_class)
                 self.restorer.decoding = Decoding.of_model(model, batch_size=self.args.per_device_eval_batch_size)
                 targets = [target for _, target in self.generation_examples]
