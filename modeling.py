@@ -25,6 +25,7 @@ def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000
     import torch
     from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
+    from data import DataError
     from spans import SENTINEL
 
     def sentences():
@@ -38,15 +39,25 @@ def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000
             with open(extra_text, encoding="utf-8") as handle:
                 yield from (line for line in handle if line.strip())
 
+    texts = list(sentences())
+    # Every character must be a piece of its own (what trimming and restoration assume), so the
+    # vocabulary grows with the data: Chinese text easily has thousands of distinct characters.
+    characters = len(set("".join(texts)) - set(" \t\n"))
+    vocab_size = max(vocab_size, characters + 3 + characters // 4)
     with tempfile.TemporaryDirectory() as folder:
         with open(os.path.join(folder, "spiece.model"), "wb") as model_file:
-            sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=sentences(), model_writer=model_file, vocab_size=vocab_size, hard_vocab_limit=False,
-                model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                # Short pieces, as in mT5's vocabulary: repetitive demo text would otherwise merge
-                # a whole phrase, term included, into one token and hide the term from the model.
-                max_sentencepiece_length=max_piece_length, num_threads=1, minloglevel=2, max_sentence_length=100000,
-            )
+            try:
+                sentencepiece.SentencePieceTrainer.train(
+                    sentence_iterator=iter(texts), model_writer=model_file, vocab_size=vocab_size, hard_vocab_limit=False,
+                    model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                    # Short pieces, as in mT5's vocabulary: repetitive demo text would otherwise merge
+                    # a whole phrase, term included, into one token and hide the term from the model.
+                    max_sentencepiece_length=max_piece_length, num_threads=1, minloglevel=2,
+                    max_sentence_length=100000,
+                )
+            except RuntimeError as error:
+                raise DataError(f"{train_file}: the tiny demo model cannot build its tokenizer from this text "
+                                f"({str(error).strip().splitlines()[-1]}); give a real model in MODEL_NAME_OR_PATH.") from None
         tokenizer = T5Tokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
     config = T5Config(vocab_size=len(tokenizer), d_model=128, d_kv=32, d_ff=512, num_layers=2, num_heads=4,

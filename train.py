@@ -150,6 +150,14 @@ def find_checkpoint(config):
             if not problem:
                 return path, skipped
             skipped.append(f"Skipping {path}: {problem}; trying the one before it.")
+        # A fresh start here would overwrite best/ and mix two runs in metrics.jsonl.
+        earlier = [name for name in ("best", "latest", "metrics.jsonl") if os.path.exists(os.path.join(output_dir, name))]
+        if earlier:
+            damaged = "; ".join(f"{os.path.basename(path)}: {checkpoint_problem(path)}" for _, path in
+                                sorted(checkpoints, reverse=True)) or "none left"
+            raise ConfigError(f"OUTPUT_DIR={output_dir} holds an earlier run ({', '.join(earlier)}) but no checkpoint to "
+                              f"resume from (checkpoints skipped: {damaged}): to start over in it set RESUME=None and "
+                              "OVERWRITE_OUTPUT_DIR=True, or choose another OUTPUT_DIR.")
         return None, skipped
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not config["OVERWRITE_OUTPUT_DIR"]:
         raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "

@@ -129,6 +129,28 @@ def test_checkpoint_problem_names_each_kind_of_damage(finished_run, tmp_path, da
     assert checkpoint_problem(checkpoint)
 
 
+@pytest.mark.parametrize("how", ["deleted", "damaged"])
+def test_a_run_without_a_usable_checkpoint_is_never_started_over_by_auto(run_train, finished_run, tmp_path,
+                                                                         small_data, how):
+    output = copy_of(finished_run, tmp_path)
+    for checkpoint in ("checkpoint-10", "checkpoint-20"):
+        if how == "deleted":
+            shutil.rmtree(output / checkpoint)
+        else:
+            (output / checkpoint / "trainer_state.json").unlink()
+    best_before, metrics_before = weights(output / "best"), (output / "metrics.jsonl").read_bytes()
+    result = run_train(tiny_run_arguments(small_data, output), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "holds an earlier run (best, latest, metrics.jsonl)" in line
+    assert "RESUME=None and OVERWRITE_OUTPUT_DIR=True" in line and "another OUTPUT_DIR" in line
+    if how == "damaged":
+        assert "checkpoint-20: incomplete" in line and "checkpoint-10: incomplete" in line
+    assert (output / "metrics.jsonl").read_bytes() == metrics_before
+    after = weights(output / "best")
+    assert all(after[name].equal(best_before[name]) for name in best_before)
+
+
 def test_resume_skips_a_damaged_newest_checkpoint(run_train, finished_run, tmp_path, small_data):
     output = copy_of(finished_run, tmp_path)
     weights_file = output / "checkpoint-20" / "model.safetensors"

@@ -1,13 +1,14 @@
 """End to end: a short run leaves loadable best/ and latest/, resumes where it stopped, and survives Ctrl+C."""
 
 import json
+import random
 import re
 import shutil
 import signal
 
 import pytest
 
-from conftest import restores_text, same_weights, tiny_run_arguments, trainer_state, wait_for
+from conftest import restores_text, same_weights, tiny_run_arguments, trainer_state, wait_for, write_lines
 
 
 def test_run_writes_loadable_best_and_latest(finished_run):
@@ -65,6 +66,26 @@ def test_a_local_model_folder_trains_offline(finished_run, run_train, tmp_path, 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Training {model_folder} on 300 examples" in result.stdout
     assert restores_text(tmp_path / "out" / "latest")
+
+
+def test_the_demo_model_trains_on_text_with_thousands_of_distinct_characters(run_train, tmp_path):
+    """Real Chinese medical text has thousands of distinct characters; the tiny tokenizer must fit them all."""
+    rng = random.Random(0)
+    characters = [chr(code) for code in range(0x4E00, 0x4E00 + 3000)]
+    for name, count in (("train", 400), ("valid", 20)):
+        write_lines(tmp_path / f"{name}.jsonl", [json.dumps(
+            {"inputs": "".join(rng.choices(characters, k=20)) + "<extra_id_0>" + "".join(rng.choices(characters, k=20)),
+             "targets": "<extra_id_0>" + "".join(rng.choices(characters, k=4)) + "<extra_id_1>"}, ensure_ascii=False)
+            for _ in range(count)])
+    assert len(set((tmp_path / "train.jsonl").read_text(encoding="utf-8"))) > 2500
+    result = run_train(["--demo", f"--TRAIN_FILE={tmp_path / 'train.jsonl'}", f"--VALID_FILE={tmp_path / 'valid.jsonl'}",
+                        f"--OUTPUT_DIR={tmp_path / 'out'}", "--MAX_STEPS=2", "--EVAL_STEPS=2", "--SAVE_STEPS=2"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "best")
+    texts = [json.loads(line)["inputs"] for line in (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert not any(tokenizer.unk_token_id in ids for ids in tokenizer(texts)["input_ids"])  # every character kept
 
 
 def test_fresh_start_refuses_to_overwrite_a_run(finished_run, run_train, small_data):
