@@ -158,3 +158,23 @@ def test_memory_plan_names_changes_that_fit(finished_run):
     assert fits and "GPU memory estimate" in lines[0]
     lines, fits = memory_plan(shapes, {**config, "GPU_MEMORY_GB": 0.9}, lengths=(512, 256))
     assert not fits and lines[1].startswith("It will not fit in 0.9 GB. Changes that fit: --")
+
+
+def test_curves_follow_the_data_when_early_stopping_starts_far_beyond_it():
+    """A start step of a million must not squeeze 2,000 steps into a sliver; a first loss of 30 must not
+    flatten the later changes."""
+    from report import draw_curves
+
+    steps = range(10, 2001, 10)
+    series = {"loss": {step: 30 / (1 + step / 10) for step in steps},
+              "eval_loss": {step: 20 / (1 + step / 10) for step in steps if step % 100 == 0},
+              "learning_rate": {step: 1e-3 for step in steps}}
+    figure = draw_curves(series, early_stopping_start_step=1_000_000)
+    loss_axis = figure.axes[0]
+    left, right = loss_axis.get_xlim()
+    assert left < 10 and 2000 < right < 2100
+    assert loss_axis.get_yscale() == "log"
+    legend = [text.get_text() for text in loss_axis.get_legend().get_texts()]
+    assert "early stopping starts at step 1000000 (not reached)" in legend
+    within = draw_curves(series, early_stopping_start_step=500)
+    assert any(line.get_xdata()[0] == 500 for line in within.axes[0].get_lines() if len(line.get_xdata()) == 2)
