@@ -142,6 +142,7 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
                 "patience_counter": self.patience_counter,
                 "best_metric": self.best_metric,
                 "best_step": self.best_step,
+                "metric_name": self.metric_name,
             },
         }
 
@@ -155,7 +156,13 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step == 0 or not isinstance(saved, dict):
             return
-        for name, value in saved.get("attributes", {}).items():
+        attributes = dict(saved.get("attributes", {}))
+        if attributes.setdefault("metric_name", self.metric_name) != self.metric_name:
+            logger.warning("Early stopping: METRIC_FOR_BEST_MODEL changed from %s (checkpoint) to %s; comparing "
+                           "afresh on %s from the next evaluation.", attributes["metric_name"], self.metric_name,
+                           self.metric_name)
+            return
+        for name, value in attributes.items():
             setattr(self, name, value)
         for name, value in saved.get("args", {}).items():
             if getattr(self, name) != value:
@@ -328,29 +335,48 @@ class MetricsFileCallback(TrainerCallback):
 class BestModelCallback(TrainerCallback):
     """Keeps `folder` equal to the best evaluated weights, saved at the moment they are evaluated.
 
-    Runs before the Trainer updates `state.best_metric`, so that value is still the previous
-    best; the comparison is the Trainer's own, except that a NaN never wins.
+    The folder records its own step and metric (best_model.json, written inside the same atomic
+    save) and is replaced only by a strictly better evaluation of the same metric than both that
+    record and the Trainer's `state.best_metric` (still the previous best when this runs). So after
+    a crash between writing best/ and the checkpoint, the resumed run, whose state knows only an
+    older best, cannot overwrite a better best/ with a worse model. A NaN never wins.
     """
+
+    RECORD = "best_model.json"
 
     def __init__(self, folder, save_function, write_card=None):
         self.folder = folder
         self.save_function = save_function
         self.write_card = write_card  # write_card(folder, step, metrics) adds a model card to the save
+        self.recorded = None  # {"metric", "value", "step"} of the weights in `folder`
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        try:
+            with open(os.path.join(self.folder, self.RECORD), encoding="utf-8") as handle:
+                self.recorded = json.load(handle)
+        except (OSError, ValueError):
+            self.recorded = None  # no best/ yet, or one written before this record existed
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         name = args.metric_for_best_model
         name = name if name.startswith("eval_") else "eval_" + name
         value = (metrics or {}).get(name)
-        if not is_better(value, state.best_metric, args.greater_is_better):
+        recorded = self.recorded if self.recorded and self.recorded.get("metric") == name else None
+        if not is_better(value, state.best_metric, args.greater_is_better) or (
+                recorded and not is_better(value, recorded["value"], args.greater_is_better)):
             return
+        record = {"metric": name, "value": value, "step": state.global_step}
         if state.is_world_process_zero:
             def save(folder):
                 self.save_function(folder)
+                with open(os.path.join(folder, self.RECORD), "w", encoding="utf-8") as handle:
+                    json.dump(record, handle)
                 if self.write_card:
                     self.write_card(folder, state.global_step, metrics)
 
             save_atomically(save, self.folder)
             logger.info("New best %s %.4f at step %d, saved to %s", name, value, state.global_step, self.folder)
+        self.recorded = record
 
 
 class CurvesCallback(TrainerCallback):
@@ -497,7 +523,8 @@ class NonFiniteGuard(TrainerCallback):
 
 class ResumeCheck(TrainerCallback, ExportableState):
     """Writes what a resume must match into every checkpoint: effective batch size, number of
-    processes, a fingerprint of the training data and the total number of steps."""
+    processes, a fingerprint of the training data, the total number of steps, the learning rate
+    and the metric that picks best/ (a change of it starts the best-model comparison afresh)."""
 
     def __init__(self, **facts):
         self.facts = facts
@@ -512,6 +539,13 @@ class ResumeCheck(TrainerCallback, ExportableState):
         return saved.get("attributes", {}).get("facts", {})
 
     def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__, {}).get("attributes", {}).get("facts", {})
+        metric = self.facts.get("metric_for_best_model")
+        if state.global_step and saved.get("metric_for_best_model", metric) != metric:
+            # The checkpoint's best value is of another metric (a loss is no accuracy): start afresh.
+            state.best_metric = state.best_global_step = state.best_model_checkpoint = None
+            logger.warning("METRIC_FOR_BEST_MODEL changed from %s (checkpoint) to %s: best/ is replaced by the next "
+                           "evaluation and compared on %s from then on.", saved["metric_for_best_model"], metric, metric)
         # A resumed TrainerState brings back the checkpoint's logging, evaluation and save
         # intervals; the constants as set now must win, as they do for early stopping.
         saved = {kind: getattr(state, f"{kind}_steps") for kind in ("logging", "eval", "save")}

@@ -362,7 +362,7 @@ def train(config, flags, checkpoint, interrupt):
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     resume_check = ResumeCheck(effective_batch_size=effective_batch, processes=args.world_size,
                                training_data=file_fingerprint(config["TRAIN_FILE"]), max_steps=max_steps,
-                               learning_rate=config["LEARNING_RATE"])
+                               learning_rate=config["LEARNING_RATE"], metric_for_best_model=args.metric_for_best_model)
     trainer.add_callback(resume_check)
     changed = checkpoint and resume_check.differences(checkpoint)
     if changed and config["RESUME_CHANGES"] == "refuse":

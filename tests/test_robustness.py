@@ -151,6 +151,29 @@ def test_a_run_without_a_usable_checkpoint_is_never_started_over_by_auto(run_tra
     assert all(after[name].equal(best_before[name]) for name in best_before)
 
 
+def test_a_crash_between_writing_best_and_its_checkpoint_never_lets_best_regress(start_train, run_train, tmp_path,
+                                                                                  small_data):
+    output = tmp_path / "out"
+    arguments = tiny_run_arguments(small_data, output, MAX_STEPS=20, EVAL_STEPS=5, SAVE_STEPS=10)
+    process = start_train(arguments, environment=SLOW_SAVES)
+    wait_for(tmp_path / "console.log", r"New best eval_loss \S+ at step 20")
+    wait_for(tmp_path / "console.log", r"SLOW SAVE \S*checkpoint-20")  # best/ is written, its checkpoint is not
+    process.kill()
+    process.wait(timeout=30)
+    record = json.loads((output / "best" / "best_model.json").read_text())
+    assert record["step"] == 20 and record["metric"] == "eval_loss"
+    best_weights = weights(output / "best")
+    # Resumed from checkpoint-10, whose state knows only the best of step 10: the evaluation at step
+    # 15 beats that, but not the best/ of step 20, so best/ must stay as it is.
+    result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=15, EVAL_STEPS=5, SAVE_STEPS=10))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Resuming from {output / 'checkpoint-10'}" in result.stdout
+    assert "evaluation at step 15" in result.stdout
+    assert json.loads((output / "best" / "best_model.json").read_text()) == record
+    after = weights(output / "best")
+    assert all(after[name].equal(best_weights[name]) for name in best_weights)
+
+
 def test_resume_skips_a_damaged_newest_checkpoint(run_train, finished_run, tmp_path, small_data):
     output = copy_of(finished_run, tmp_path)
     weights_file = output / "checkpoint-20" / "model.safetensors"
@@ -232,6 +255,22 @@ def test_resume_reports_changed_batch_size_data_and_schedule(run_train, finished
     # The learning rate set now is used from the first resumed step on (not the checkpoint's).
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [record["learning_rate"] for record in records if record["step"] > 20 and "loss" in record] == [1e-4, 1e-4]
+
+
+def test_a_changed_metric_for_best_model_is_reported_and_compared_afresh(run_train, finished_run, tmp_path,
+                                                                         small_data):
+    output = copy_of(finished_run, tmp_path)
+    changes = dict(METRIC_FOR_BEST_MODEL="span_accuracy", MAX_STEPS=30)
+    refused = run_train(tiny_run_arguments(small_data, output, RESUME_CHANGES="refuse", **changes))
+    assert refused.returncode == 2 and "metric_for_best_model eval_loss -> eval_span_accuracy" in refused.stderr
+    warned = run_train(tiny_run_arguments(small_data, output, **changes))
+    assert warned.returncode == 0, warned.stdout[-3000:] + warned.stderr[-3000:]
+    assert "METRIC_FOR_BEST_MODEL changed from eval_loss (checkpoint) to eval_span_accuracy" in warned.stdout
+    assert "Early stopping: METRIC_FOR_BEST_MODEL changed" in warned.stdout
+    assert "Early stopping: active from now on; reference eval_span_accuracy" in warned.stdout
+    # An accuracy is never compared with a loss: the first evaluation on the new metric takes best/.
+    record = json.loads((output / "best" / "best_model.json").read_text())
+    assert record["metric"] == "eval_span_accuracy" and record["step"] == 30
 
 
 def test_two_processes_stop_together_and_resume_in_one(start_train, run_train, tmp_path, small_data):
