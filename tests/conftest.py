@@ -119,14 +119,27 @@ def trainer_state(checkpoint):
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
 
-def restores_text(folder):
+def learned(folder, examples=16):
+    """True when the weights in `folder` are finite and predict demo validation targets clearly better
+    (loss under 80%) than the same model untrained. NaN, zeroed or never-trained weights fail; so
+    does a model that decodes to some string but learned nothing."""
+    import math
+
+    import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
-    batch = tokenizer(["患者因<extra_id_0>入院，给予<extra_id_1>治疗。"], return_tensors="pt")
-    output = model.generate(**batch, max_new_tokens=8)
-    return isinstance(tokenizer.decode(output[0]), str)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    torch.manual_seed(0)
+    untrained = type(model)(model.config).eval()
+    lines = [json.loads(line) for line in (ROOT / "demo" / "valid.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = lines[:examples]
+    batch = tokenizer([line["inputs"] for line in lines], text_target=[line["targets"] for line in lines],
+                      return_tensors="pt", padding=True)
+    batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+    with torch.inference_mode():
+        trained_loss, untrained_loss = (candidate(**batch).loss.item() for candidate in (model, untrained))
+    return math.isfinite(trained_loss) and trained_loss < 0.8 * untrained_loss
 
 
 def wait_for(path, pattern, timeout=240):

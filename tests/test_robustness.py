@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, restores_text, same_weights, tiny_run_arguments, trainer_state, wait_for, weights
+from conftest import ROOT, learned, same_weights, tiny_run_arguments, trainer_state, wait_for, weights
 from modeling import checkpoint_problem
 
 SLOW_SAVES = {"PYTHONPATH": str(ROOT / "tests" / "slow_saves")}  # every checkpoint write takes seconds
@@ -86,8 +86,8 @@ def test_second_ctrl_c_quits_at_once_and_every_earlier_save_survives(start_train
     # The save in progress is incomplete; everything written before it is intact and loadable.
     assert checkpoint_problem(output / "checkpoint-25") is not None
     assert checkpoint_problem(output / "checkpoint-20") is None
-    assert same_weights(output / "latest", finished_run[0] / "latest") and restores_text(output / "latest")
-    assert restores_text(output / "best")
+    assert same_weights(output / "latest", finished_run[0] / "latest") and learned(output / "latest")
+    assert learned(output / "best")
     result = run_train(tiny_run_arguments(small_data, output, MAX_STEPS=25, EVAL_STEPS=5, SAVE_STEPS=5))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Skipping {output / 'checkpoint-25'}: incomplete" in result.stdout
@@ -224,7 +224,7 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_earlier_saves(start_train
     assert len(error_lines) == 1 and "could not write" in error_lines[0] and "free disk space" in error_lines[0]
     assert "Traceback" not in log
     assert checkpoint_problem(output / "checkpoint-5") is None and not (output / "checkpoint-10").exists()
-    assert restores_text(output / "best") and not (output / "best.tmp").exists()
+    assert learned(output / "best") and not (output / "best.tmp").exists()
 
 
 def test_unwritable_output_dir_is_refused_before_anything_runs(run_train, tmp_path, small_data):
@@ -289,7 +289,7 @@ def test_two_processes_stop_together_and_resume_in_one(start_train, run_train, t
     stopped = int(re.search(r"Latest weights \(step (\d+)\)", log).group(1))
     assert checkpoint_problem(output / f"checkpoint-{stopped}") is None
     assert same_weights(output / "latest", output / f"checkpoint-{stopped}")
-    assert restores_text(output / "best") and restores_text(output / "latest")
+    assert learned(output / "best") and learned(output / "latest")
     assert not list(output.glob("*.tmp")) and not list(output.glob("*.old"))
     result = run_train(tiny_run_arguments(small_data, output, PER_DEVICE_BATCH_SIZE=8, MAX_STEPS=stopped + 2,
                                           EVAL_STEPS=5, SAVE_STEPS=5))

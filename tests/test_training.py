@@ -8,14 +8,14 @@ import signal
 
 import pytest
 
-from conftest import restores_text, same_weights, tiny_run_arguments, trainer_state, wait_for, write_lines
+from conftest import learned, same_weights, tiny_run_arguments, trainer_state, wait_for, write_lines
 
 
 def test_run_writes_loadable_best_and_latest(finished_run):
     output, result = finished_run
     for name in ("best", "latest", "checkpoint-20", "metrics.jsonl", "train.log", "run_config.json"):
         assert (output / name).exists(), name
-    assert restores_text(output / "best") and restores_text(output / "latest")
+    assert learned(output / "best") and learned(output / "latest")
     assert not list((output / "best").glob("*.bin")), "best/ must hold safetensors only"
     assert same_weights(output / "latest", output / "checkpoint-20")
     assert "Summary: 20 steps this run" in result.stdout
@@ -65,7 +65,7 @@ def test_a_local_model_folder_trains_offline(finished_run, run_train, tmp_path, 
                                           MAX_STEPS=5, EVAL_STEPS=5, SAVE_STEPS=5))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Training {model_folder} on 300 examples" in result.stdout
-    assert restores_text(tmp_path / "out" / "latest")
+    assert learned(tmp_path / "out" / "latest")
 
 
 def test_the_demo_model_trains_on_text_with_thousands_of_distinct_characters(run_train, tmp_path):
@@ -112,7 +112,7 @@ def test_interrupt_saves_loadable_weights_and_resumes(start_train, run_train, tm
     stopped_at = int(re.search(r"Latest weights \(step (\d+)\)", console).group(1))
     assert trainer_state(output / f"checkpoint-{stopped_at}")["global_step"] == stopped_at
     assert same_weights(output / "latest", output / f"checkpoint-{stopped_at}")
-    assert restores_text(output / "latest") and restores_text(output / "best")
+    assert learned(output / "latest") and learned(output / "best")
     if signal_number == signal.SIGTERM:
         return  # resuming after either signal is the same code path; SIGINT's case checks it
     # Running the same command again continues from the step the interrupt saved.
