@@ -540,16 +540,14 @@ MT5_CONFIGS = {"mt5-small": (512, 1024, 8, 6), "mt5-base": (768, 2048, 12, 12), 
 
 
 def mt5_shapes(d_model, d_ff, layers, heads, vocab_size=250112):
-    """An mT5 model on the meta device (shapes only). transformers 5.23 forces MT5Config to tie the
-    LM head to the embedding; the published checkpoints keep a separate one, so it is put back."""
-    import torch
-    from transformers import MT5Config, MT5ForConditionalGeneration
+    """An mT5 model on the meta device (shapes only), counted as the tool counts it: the published
+    checkpoints have a separate LM head, so modeling.model_shapes gives it one."""
+    from transformers import MT5Config
 
-    config = MT5Config(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=64)
-    with torch.device("meta"):
-        model = MT5ForConditionalGeneration(config)
-        model.lm_head = torch.nn.Linear(d_model, config.vocab_size, bias=False)
-    return model
+    from modeling import model_shapes
+
+    return model_shapes(MT5Config(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_layers=layers,
+                                  num_heads=heads, d_kv=64), untied_head=True)
 
 
 def bench_memory():
@@ -573,6 +571,17 @@ def bench_memory():
             static = static_memory(model, optimizer)["total"]
             print(f"| {name} | {count / 1e6:.1f} M | {optimizer} | {gigabytes(static)} | "
                   f"{gigabytes(gpu_memory(model, config)[1])} |")
+    # Which mt5-base settings fit a 6 GB GPU: the plan train.py prints, for batches of these lengths.
+    print("\n| mt5-base (582.4 M), Adafactor, bf16, gradient checkpointing | longest input / target tokens | "
+          "planned total | fits 6 GB |")
+    print("| --- | --- | --- | --- |")
+    model = mt5_shapes(*MT5_CONFIGS["mt5-base"])
+    for batch, accumulation, lengths in ((4, 8, (512, 256)), (2, 16, (512, 256)), (1, 32, (512, 256)),
+                                         (4, 8, (256, 64)), (4, 8, (128, 32))):
+        config = {**tool.default_config(), "PER_DEVICE_BATCH_SIZE": batch, "GRADIENT_ACCUMULATION_STEPS": accumulation}
+        total = gpu_memory(model, config, True, lengths)[1]
+        print(f"| batch {batch} × accumulation {accumulation} | {lengths[0]} / {lengths[1]} | {gigabytes(total)} | "
+              f"{'yes' if total <= config['GPU_MEMORY_GB'] * 2 ** 30 else 'no'} |")
 
 
 def trained_demo_model(folder):

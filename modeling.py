@@ -82,10 +82,50 @@ def load_model(name, checkpoint, train_file, input_column, target_column, seed, 
     local = os.path.isdir(name)  # a local folder never touches the network
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, local_files_only=local)
     if not weights:
-        with torch.device("meta"):
-            return tokenizer, AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(name, local_files_only=local))
+        return tokenizer, model_shapes(AutoConfig.from_pretrained(name, local_files_only=local),
+                                       separate_head(name, local))
     model = AutoModelForSeq2SeqLM.from_pretrained(name, local_files_only=local, use_safetensors=True)
     return tokenizer, model
+
+
+def separate_head(name, local):
+    """True when the checkpoint `name` has an LM head of its own, not tied to the input embedding.
+
+    Published mT5 and T5 v1.1 say so in their config.json ("tie_word_embeddings": false) and store
+    lm_head.weight; transformers 5's T5Config and MT5Config overwrite that flag with True when
+    they are built, so the raw file and the weight names are read here.
+    """
+    from transformers import PretrainedConfig
+
+    raw, _ = PretrainedConfig.get_config_dict(name, local_files_only=local)
+    if raw.get("tie_word_embeddings") is False:
+        return True
+    if not local:
+        return False
+    from safetensors import safe_open
+
+    for file_name in os.listdir(name):
+        if file_name.endswith(".safetensors"):
+            with safe_open(os.path.join(name, file_name), "numpy") as weights_file:
+                if "lm_head.weight" in weights_file.keys():
+                    return True
+    return False
+
+
+def model_shapes(config, untied_head):
+    """The model on the meta device: its shapes without memory or weights, what the memory plan counts.
+    Built from a config alone, transformers 5 ties T5's and mT5's LM head to the embedding; a
+    checkpoint with a head of its own loads untied, so the plan gets a head of its own too
+    (for mt5-base about 192 M parameters: 1.4 GiB of fp32 weights and gradients)."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    with torch.device("meta"):
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+        if untied_head and head.weight is embedding.weight:
+            head.weight = torch.nn.Parameter(torch.empty_like(embedding.weight))
+    return model
 
 
 def checkpoint_problem(path):

@@ -216,7 +216,7 @@ def activation_bytes(model_config, batch, source, target, half, checkpointing):
     return batch * (layers * (2 if half else 4) + 4 * logits)
 
 
-CUDA_CONTEXT = 0.8 * 2 ** 30  # the CUDA context and allocator reserve: several hundred MB to over 1 GB
+CUDA_CONTEXT = int(0.8 * 2 ** 30)  # the CUDA context and allocator reserve: several hundred MB to over 1 GB
 
 
 def gpu_memory(model, config, half=True, lengths=None):
@@ -268,6 +268,18 @@ def memory_plan(model, config, half=True, lengths=None):
     return lines, False
 
 
+def plan_record(model, config, half, lengths, world_size):
+    """The memory plan as one JSON-ready object (the last line of --check), in bytes."""
+    parts, total = gpu_memory(model, config, half, lengths)
+    budget = int(config["GPU_MEMORY_GB"] * 2 ** 30)
+    return {"parameters": sum(parameter.numel() for parameter in model.parameters()),
+            "weights_bytes": parts["weights"], "gradients_bytes": parts["gradients"],
+            "optimizer_state_bytes": parts["optimizer state"], "activations_bytes": parts["activations"],
+            "cuda_context_bytes": parts["CUDA context"], "total_bytes": total, "gpu_memory_bytes": budget,
+            "fits": total <= budget,
+            "effective_batch_size": config["PER_DEVICE_BATCH_SIZE"] * config["GRADIENT_ACCUMULATION_STEPS"] * world_size}
+
+
 def schedule(train_examples, config, world_size=1):
     """Optimizer steps per epoch and in total, evaluations, saves, and the first step at which
     early stopping could stop the run."""
@@ -286,7 +298,7 @@ def gigabytes(count):
     return f"{count / 2**30:.2f} GB" if count >= 2**28 else f"{count / 2**20:.1f} MB"
 
 
-def plan_text(config, counts, plan, memory, checkpoint):
+def plan_text(config, counts, plan, memory, checkpoint, world_size=1):
     lines = ["Plan (nothing is trained or written by --check):"]
     for split, count in counts.items():
         lines.append(f"  {split:<10} {count['examples']:,} examples, {count['input_tokens']:,} input and "
@@ -294,7 +306,8 @@ def plan_text(config, counts, plan, memory, checkpoint):
                      f"{count['targets_truncated']:,} targets")
     lines += [
         f"  schedule   {plan['steps_per_epoch']:,} optimizer steps per epoch, {plan['total_steps']:,} in total "
-        f"(effective batch {config['PER_DEVICE_BATCH_SIZE'] * config['GRADIENT_ACCUMULATION_STEPS']})",
+        f"(effective batch {config['PER_DEVICE_BATCH_SIZE'] * config['GRADIENT_ACCUMULATION_STEPS'] * world_size}"
+        f"{f' over {world_size} processes' if world_size > 1 else ''})",
         f"  evaluation {plan['evaluations']:,} evaluations (every {config['EVAL_STEPS']} steps), "
         f"{plan['saves']:,} checkpoints (every {config['SAVE_STEPS']} steps)",
         "  early stop " + (f"can first stop the run at step {plan['earliest_early_stop']:,} (counting from step "

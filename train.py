@@ -267,7 +267,7 @@ def check_plan(config, checkpoint):
     """--check: tokenize the data and print what the run would do; exit 0 when everything is ready."""
     from data import load_tokenized, report_truncation
     from modeling import load_model
-    from report import memory_plan, plan_text, schedule, static_memory
+    from report import memory_plan, plan_record, plan_text, schedule, static_memory
 
     setup_logging(None)
     choose_precision(config["PRECISION"])
@@ -279,10 +279,12 @@ def check_plan(config, checkpoint):
     report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = schedule(counts["train"]["examples"], config, world_size)
-    print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint))
+    print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint, world_size))
     longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
-    print("\n".join(memory_plan(model, config, config["PRECISION"] != "fp32", longest)[0]))
+    half = config["PRECISION"] != "fp32"
+    print("\n".join(memory_plan(model, config, half, longest)[0]))
     print("Ready: run the same command without --check to train.")
+    print(json.dumps(plan_record(model, config, half, longest, world_size)))  # for scripts: the last line
     return 0
 
 

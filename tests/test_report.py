@@ -63,6 +63,23 @@ def test_check_prints_the_plan_and_writes_nothing(run_train, tmp_path, small_dat
     assert "for weights, gradients and adafactor state" not in result.stdout  # the demo uses AdamW
     assert "adamw_torch state" in result.stdout and "Ready" in result.stdout
     assert not output.exists()
+    plan = json.loads(result.stdout.strip().splitlines()[-1])  # the memory plan for scripts
+    assert plan["effective_batch_size"] == 8 and plan["fits"] is True
+    assert plan["total_bytes"] == sum(plan[name] for name in ("weights_bytes", "gradients_bytes", "optimizer_state_bytes",
+                                                                "activations_bytes", "cuda_context_bytes"))
+
+
+def test_check_plans_an_untied_head_and_counts_processes(run_train, untied_mt5_folder, tmp_path, small_data):
+    from transformers import AutoModelForSeq2SeqLM
+
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(untied_mt5_folder)
+    arguments = tiny_run_arguments(small_data, tmp_path / "out", MODEL_NAME_OR_PATH=untied_mt5_folder) + ["--check"]
+    result = run_train(arguments, timeout=180, environment={"WORLD_SIZE": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = json.loads(result.stdout.strip().splitlines()[-1])
+    assert plan["parameters"] == loaded.num_parameters()  # the separate LM head included
+    assert plan["weights_bytes"] == 4 * loaded.num_parameters() and plan["gradients_bytes"] == plan["weights_bytes"]
+    assert plan["effective_batch_size"] == 16 and "(effective batch 16 over 2 processes)" in result.stdout
 
 
 def test_check_names_the_problem_with_bad_data(run_train, tmp_path, small_data):
@@ -116,17 +133,42 @@ def test_live_bar_in_a_terminal_clean_lines_in_the_log(tmp_path, small_data, hf_
     assert "step 10/10 (100.0%)" in log and "\r" not in log and "it/s" not in log and "step/s" not in log
 
 
+@pytest.fixture(scope="module")
+def untied_mt5_folder(finished_run, tmp_path_factory):
+    """A small mT5-shaped model saved as published mT5 is: a separate LM head, "tie_word_embeddings": false."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("untied-mt5")
+    tokenizer = AutoTokenizer.from_pretrained(finished_run[0] / "best")
+    torch.manual_seed(0)
+    model = MT5ForConditionalGeneration(MT5Config(vocab_size=len(tokenizer), d_model=64, d_ff=128, num_layers=2,
+                                                  num_heads=2, d_kv=32, decoder_start_token_id=0))
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights_file:
+        assert "lm_head.weight" in weights_file.keys()
+    return folder
+
+
 @pytest.mark.parametrize("optimizer", ["adamw_torch", "adafactor"])
-def test_memory_planner_static_figures_equal_the_real_tensors_after_a_step(finished_run, tmp_path, optimizer):
+@pytest.mark.parametrize("kind", ["tied demo T5", "untied mT5"])
+def test_memory_planner_static_figures_equal_the_real_tensors_after_a_step(finished_run, untied_mt5_folder, tmp_path,
+                                                                            optimizer, kind):
     """Weights, gradients and optimizer state as the planner computes them from shapes on the meta
-    device equal, byte for byte, what one real training step allocates on CPU."""
+    device equal, byte for byte, what one real training step allocates on CPU, also for a model
+    whose LM head is its own (mT5, T5 v1.1), which transformers 5 ties when built from a config."""
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     from modeling import load_model
     from report import static_memory
 
-    folder = str(finished_run[0] / "best")
+    folder = str(finished_run[0] / "best" if kind == "tied demo T5" else untied_mt5_folder)
     _, shapes = load_model(folder, None, None, None, None, 0, weights=False)
     planned = static_memory(shapes, optimizer)
     model = AutoModelForSeq2SeqLM.from_pretrained(folder)
@@ -141,6 +183,7 @@ def test_memory_planner_static_figures_equal_the_real_tensors_after_a_step(finis
     optimizer_object.step()
     state = sum(value.numel() * value.element_size() for per_parameter in optimizer_object.state.values()
                 for value in per_parameter.values() if isinstance(value, torch.Tensor))
+    assert (model.lm_head.weight is model.shared.weight) == (kind == "tied demo T5")
     assert planned["weights"] == sum(p.numel() * p.element_size() for p in parameters)
     assert planned["gradients"] == gradients
     assert planned["optimizer state"] == state
