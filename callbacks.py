@@ -75,6 +75,21 @@ def agree(args, value):
     return type(value)(tensor.item())
 
 
+def main_process_value(args, value):
+    """`value` as the main process has it, on every process (just `value` in a single process).
+
+    Decisions taken by each process alone could differ; with the main process's value every
+    process takes the same one."""
+    if args.world_size <= 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=args.device)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
 def recover_interrupted_saves(folder):
     """Undo what an interrupted `save_atomically` left behind in `folder`."""
     if not os.path.isdir(folder):
@@ -119,7 +134,8 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
     improve the best metric by more than `threshold` (an absolute difference). The first
     evaluation at or after `start_step` sets the reference. A NaN or infinite metric is never an
     improvement. The counter and the best value live in every checkpoint and survive a resume;
-    the constants given now win over the ones saved in the checkpoint.
+    the constants given now win over the ones saved in the checkpoint. Under torchrun every
+    process decides on the main process's value, so they all stop at the same evaluation.
     """
 
     def __init__(self, start_step=6000, patience=5, threshold=0.001):
@@ -179,6 +195,9 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
         if value is None:
             logger.warning("Early stopping: metric %s missing from the evaluation; nothing counted.", self.metric_name)
             return
+        # Under torchrun: one decision for all processes, taken on the main process's value, so that
+        # no process stops while the others wait for it in the next step.
+        value = main_process_value(args, value)
         if state.global_step < self.start_step:
             logger.info("Early stopping: waiting until step %d (plateaus before it are expected).", self.start_step)
             return

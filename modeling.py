@@ -205,7 +205,8 @@ def shuffled_batch_order(indices, batch_size, generator=None):
 
 
 def make_trainer_class():
-    from transformers import Seq2SeqTrainer
+    from transformers import Seq2SeqTrainer, TrainerCallback
+    from transformers.trainer_callback import ExportableState
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from callbacks import SaveFailed, write_error
@@ -213,8 +214,52 @@ def make_trainer_class():
     from spans import SENTINEL, restoration_metrics
 
     class ShuffledLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped batches in random order, drawn from a generator seeded with (seed, epoch).
+
+        transformers' LengthGroupedSampler draws from the global torch RNG, whose state at the start
+        of an epoch depends on everything trained before it; a run resumed in the middle of an
+        epoch then skips the first batches of a different order and trains on other examples.
+        Seeded per epoch (accelerate calls set_epoch before each epoch), the order is the same in
+        an uninterrupted and in a resumed run, and in every process under torchrun.
+        """
+
+        def __init__(self, *args, seed=0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seed = seed
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch):
+            import torch
+
+            self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
         def __iter__(self):
             return iter(shuffled_batch_order(list(super().__iter__()), self.batch_size, self.generator))
+
+    class LossWindow(TrainerCallback, ExportableState):
+        """Carries the training loss summed since the last progress line across an interrupt.
+
+        The Trainer logs the mean loss over the steps since its last log line but keeps that sum
+        in memory only, so after a resume the first line averaged fewer steps than the same line
+        of an uninterrupted run. Kept in every checkpoint, the line is the same. (Under torchrun
+        the main process's sum stands for all.)
+        """
+
+        def __init__(self, trainer=None):
+            self.trainer = trainer
+
+        def state(self):
+            loss = getattr(self.trainer, "_tr_loss", None)
+            return {"args": {}, "attributes": {
+                "loss_sum": float(loss) if loss is not None else 0.0,
+                "last_logged_step": getattr(self.trainer, "_globalstep_last_logged", 0)}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            saved = state.stateful_callbacks.setdefault(type(self).__name__, {})  # absent in older checkpoints
+            attributes = saved.get("attributes") if isinstance(saved, dict) else None
+            if state.global_step and attributes:
+                self.trainer._tr_loss += attributes["loss_sum"]
+                self.trainer._globalstep_last_logged = attributes["last_logged_step"]
 
     class DomainFocusTrainer(Seq2SeqTrainer):
         """Seq2SeqTrainer that adds restoration metrics on a fixed validation subset.
@@ -230,6 +275,7 @@ def make_trainer_class():
             self.generation_examples = generation_examples
             self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
             self.restorer = None  # built at the first evaluation, kept while the model is the same
+            self.add_callback(LossWindow(self))
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -278,7 +324,16 @@ def make_trainer_class():
                 targets = [target for _, target in self.generation_examples]
                 documents = [from_sentinels(text, target_lengths(target) if SENTINEL.search(target) else None)
                              for text, target in self.generation_examples]
-                predictions = [result["prediction"] for result in self.restorer.restore_documents(documents)]
+                # Under torchrun each process restores every world_size-th example; all gather them all.
+                rank, world = self.args.process_index, self.args.world_size
+                mine = [result["prediction"] for result in self.restorer.restore_documents(documents[rank::world])]
+                predictions = mine
+                if world > 1:
+                    import torch.distributed as dist
+
+                    gathered = [None] * world
+                    dist.all_gather_object(gathered, mine)
+                    predictions = [gathered[index % world][index // world] for index in range(len(documents))]
                 for name, value in restoration_metrics(predictions, targets).items():
                     output.metrics[f"eval_{name}"] = value
             return output
@@ -292,7 +347,7 @@ def make_trainer_class():
             sampler = super()._get_train_sampler(self.train_dataset)
             if isinstance(sampler, LengthGroupedSampler):
                 sampler = ShuffledLengthGroupedSampler(sampler.batch_size, lengths=length_list(self.train_dataset),
-                                                       generator=sampler.generator)
+                                                       seed=self.args.seed)
             return sampler
 
     return DomainFocusTrainer

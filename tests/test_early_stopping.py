@@ -10,7 +10,7 @@ from transformers import TrainerControl, TrainerState
 
 from callbacks import BestModelCallback, DelayedEarlyStopping
 
-ARGS = SimpleNamespace(metric_for_best_model="eval_loss", greater_is_better=False)
+ARGS = SimpleNamespace(metric_for_best_model="eval_loss", greater_is_better=False, world_size=1)
 
 
 def evaluate_sequence(callback, losses, eval_steps=1000, args=ARGS, state=None):
@@ -66,7 +66,7 @@ def test_non_finite_metric_is_never_an_improvement(bad):
 
 
 def test_greater_is_better_metrics():
-    args = SimpleNamespace(metric_for_best_model="span_accuracy", greater_is_better=True)
+    args = SimpleNamespace(metric_for_best_model="span_accuracy", greater_is_better=True, world_size=1)
     callback = DelayedEarlyStopping(start_step=0, patience=2, threshold=0.01)
     state = TrainerState()
     control = TrainerControl()
@@ -110,3 +110,41 @@ def test_best_folder_follows_the_best_finite_evaluation(tmp_path):
             state.best_metric = loss  # what the Trainer does right after on_evaluate
     assert (tmp_path / "best" / "step").read_text() == "30"
     assert sorted(os.listdir(tmp_path)) == ["best"]  # no temporary folders left behind
+
+
+def decide_in_process(rank, port, losses, results):
+    """One of two torchrun-like processes: feeds its own losses to DelayedEarlyStopping."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    args = SimpleNamespace(metric_for_best_model="eval_loss", greater_is_better=False, world_size=2, device="cpu")
+    callback, state = DelayedEarlyStopping(start_step=0, patience=2, threshold=0.0), TrainerState()
+    callback.on_train_begin(args, state, TrainerControl())
+    stops = []
+    for evaluation, loss in enumerate(losses[rank], start=1):
+        state.global_step, control = evaluation * 10, TrainerControl()
+        callback.on_evaluate(args, state, control, metrics={"eval_loss": loss})
+        stops.append(control.should_training_stop)
+    results.put((rank, stops))
+    dist.destroy_process_group()
+
+
+def test_two_processes_take_one_early_stopping_decision():
+    """Even when the processes' metrics differ, every process stops at the same evaluation (the main
+    process's), or one would wait forever for the others in the next gradient exchange."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    losses = [[1.0, 0.5, 0.4, 0.3, 0.3, 0.3], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]  # rank 1 alone would stop early
+    processes = [context.Process(target=decide_in_process, args=(rank, port, losses, results)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    decided = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert decided[0] == decided[1] == [False, False, False, False, False, True]

@@ -238,3 +238,31 @@ def test_knob_benchmark_measures_speed_after_the_compiling_steps():
     timeline = [(0.0, 0), (10.0, 1000)] + [(10.0 + 0.1 * k, 1000 + 1000 * k) for k in range(1, 101)]
     assert after_compilation(timeline) == pytest.approx(10_000)
     assert after_compilation(timeline[:40]) is None  # too few steps after compiling to tell
+
+
+def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(start_train, run_train, tmp_path,
+                                                                               small_data):
+    """Data order (also in the middle of a later epoch), dropout, random state, scheduler and the
+    loss of the progress line in progress all continue exactly: same weights, same losses."""
+    settings = dict(MAX_STEPS=50, EVAL_STEPS=10, SAVE_STEPS=10, LOGGING_STEPS=3)  # 38 steps per epoch
+    straight = run_train(tiny_run_arguments(small_data, tmp_path / "straight", **settings))
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    output = tmp_path / "interrupted"
+    process = start_train(tiny_run_arguments(small_data, output, **settings))
+    wait_for(tmp_path / "console.log", r"step 42/50")  # past the epoch boundary, between two checkpoints
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    resumed_from = max(int(folder.name.split("-")[1]) for folder in output.glob("checkpoint-*"))
+    assert 42 < resumed_from < 50 and resumed_from % 3, resumed_from  # a progress line's steps half done
+    resumed = run_train(tiny_run_arguments(small_data, output, **settings))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resuming from {output / f'checkpoint-{resumed_from}'}" in resumed.stdout
+    assert same_weights(output / "latest", tmp_path / "straight" / "latest")
+
+    def losses(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return {(record["step"], key): value for record in records for key, value in record.items()
+                if key in ("loss", "eval_loss") and record["step"] > resumed_from}
+
+    after = losses(output)
+    assert after == losses(tmp_path / "straight") and (50, "eval_loss") in after and (45, "loss") in after
