@@ -8,13 +8,14 @@ import re
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 import torch
 
-from conftest import ROOT, learned, same_weights, tiny_run_arguments, trainer_state, wait_for, weights
+from conftest import ROOT, learned, offline_environment, same_weights, tiny_run_arguments, trainer_state, wait_for, weights
 from modeling import checkpoint_problem
 
 SLOW_SAVES = {"PYTHONPATH": str(ROOT / "tests" / "slow_saves")}  # every checkpoint write takes seconds
@@ -271,6 +272,32 @@ def test_a_changed_metric_for_best_model_is_reported_and_compared_afresh(run_tra
     # An accuracy is never compared with a loss: the first evaluation on the new metric takes best/.
     record = json.loads((output / "best" / "best_model.json").read_text())
     assert record["metric"] == "eval_span_accuracy" and record["step"] == 30
+
+
+def test_two_processes_split_the_restorations_of_an_evaluation_and_agree_with_one(run_train, tmp_path, small_data,
+                                                                                  hf_home):
+    """Under torchrun each process restores half of GEN_EVAL_SAMPLES; the gathered metrics equal
+    restore.py's on the same examples in a single process."""
+    output = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547",
+                str(ROOT / "train.py")]
+    arguments = tiny_run_arguments(small_data, output, PER_DEVICE_BATCH_SIZE=4, MAX_STEPS=10, EVAL_STEPS=10,
+                                   SAVE_STEPS=10, GEN_EVAL_SAMPLES=15)
+    result = subprocess.run(torchrun + list(map(str, arguments)), cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=offline_environment(hf_home))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    [evaluation] = [record for record in logged if "eval_span_accuracy" in record]
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text("\n".join(small_data[1].read_text(encoding="utf-8").splitlines()[:15]) + "\n", encoding="utf-8")
+    scored = subprocess.run([sys.executable, str(ROOT / "restore.py"), "--model", str(output / "checkpoint-10"),
+                             "--input", str(subset), "--output", str(tmp_path / "restored.jsonl")],
+                            capture_output=True, text=True, timeout=300, env=offline_environment(hf_home))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    metrics = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert metrics["examples"] == 15
+    for name in ("span_accuracy", "char_accuracy", "exact_match"):
+        assert metrics[name] == pytest.approx(evaluation[f"eval_{name}"], abs=1e-4)
 
 
 def test_two_processes_stop_together_and_resume_in_one(start_train, run_train, tmp_path, small_data):
