@@ -190,7 +190,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
 
     import train as tool
     from data import first_examples, load_tokenized
-    from modeling import make_trainer_class
+    from trainer import DomainFocusTrainer
     from restoration import Decoding, Restorer, from_sentinels
     from spans import restoration_metrics
 
@@ -211,7 +211,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     if recipe == "tool":
         data, _ = load_tokenized(files, tokenizer, "inputs", "targets", 512, 256)
         collator, ignored = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), -100
-        base = make_trainer_class()
+        base = DomainFocusTrainer
         extra = {"generation_examples": validation[: config["GEN_EVAL_SAMPLES"]]}
         Decoding(num_beams=config["NUM_BEAMS"], max_input_length=512, max_new_tokens=64).save_to(model)
     else:
@@ -408,7 +408,7 @@ def bench_sampler(examples=120_000):
     import datasets
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from modeling import length_list
+    from trainer import length_list
 
     lengths = [random.Random(index).randint(10, 500) for index in range(examples)]
     dataset = datasets.Dataset.from_dict({"length": lengths})
@@ -687,9 +687,9 @@ def main():
     options = parser.parse_args()
     if options.recipe:
         if options.batch_order == "transformers":
-            import modeling
+            import trainer
 
-            modeling.shuffled_batch_order = lambda indices, batch_size, generator=None: indices
+            trainer.shuffled_batch_order = lambda indices, batch_size, generator=None: indices
         with tempfile.TemporaryDirectory() as folder:
             result = run_recipe(options.recipe, options.model, options.train_file, options.valid_file,
                                 options.budget, folder, options.settings)

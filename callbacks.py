@@ -24,6 +24,8 @@ import time
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from report import format_duration, plot_run
+
 logger = logging.getLogger("domainfocus")
 
 
@@ -114,15 +116,6 @@ def is_better(value, best, greater_is_better):
     if best is None:
         return True
     return value > best if greater_is_better else value < best
-
-
-def format_duration(seconds):
-    seconds = int(round(seconds))
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
-    return f"{days}d {clock}" if days else clock
 
 
 class DelayedEarlyStopping(TrainerCallback, ExportableState):
@@ -407,8 +400,6 @@ class CurvesCallback(TrainerCallback):
         self.metric = metric
 
     def on_evaluate(self, args, state, control, **kwargs):
-        from report import plot_run
-
         if state.is_world_process_zero:
             try:
                 plot_run(self.output_dir, self.early_stopping_start_step, self.metric)

@@ -56,6 +56,15 @@ def setup_logging(output_dir):
     transformers_logging.disable_progress_bar()  # "Writing model shards" bars would clutter the log
 
 
+def format_duration(seconds):
+    seconds = int(round(seconds))
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    clock = f"{hours}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
 def write_text(path, text):
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -404,8 +413,6 @@ def run_record(config, flags, checkpoint, counts, world_size):
 
 def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, diverged=None):
     """The closing lines of every run: what happened, where everything is, how to go on."""
-    from callbacks import format_duration
-
     state = trainer.state
     if diverged:
         reason = diverged

@@ -74,9 +74,9 @@ import signal
 import sys
 import time
 
-from modeling import TINY_MODEL, checkpoint_problem
+from modeling import checkpoint_problem
 from report import is_main_process, report_memory, setup_logging, write_json_atomically, write_text
-from settings import ConfigError, check_config, metric_for_best_model, parse_value
+from settings import TINY_MODEL, ConfigError, check_config, metric_for_best_model, parse_value
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SAVE_FAILED = 2, 3, 4  # and 128 + signal number after an interrupt
 OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png")
@@ -289,16 +289,12 @@ def check_plan(config, checkpoint):
 
 
 def train(config, flags, checkpoint, interrupt):
+    """Model and data, Trainer, resume checks, training, and what a finished run leaves behind."""
     import torch
-    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers import set_seed
 
-    from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
-                           MetricsFileCallback, NonFiniteGuard, ResumeCheck, SafeDetailedProgressCallback,
-                           recover_interrupted_saves, save_atomically)
-    from data import file_fingerprint, first_examples, load_tokenized, report_truncation
-    from modeling import load_model, make_trainer_class, model_saver, nothing_left_to_train, trim_model
-    from report import model_card, plot_run, run_record, summarize
-    from restoration import Decoding
+    from callbacks import recover_interrupted_saves
+    from report import run_record
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
@@ -307,6 +303,33 @@ def train(config, flags, checkpoint, interrupt):
     # 2. Model and data: the tokenizer decides the tokens, so it comes first.
     precision_flags = choose_precision(config["PRECISION"])
     set_seed(config["SEED"])
+    if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
+        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
+    args = training_arguments(config, precision_flags)
+    tokenizer, model, datasets_by_split, counts = load_model_and_data(config, checkpoint, args, precision_flags)
+    # 3. Trainer and the DomainFocus callbacks.
+    trainer, save_model = build_trainer(config, args, tokenizer, model, datasets_by_split, counts, interrupt)
+    logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
+                config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
+                args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+                "GPU" if torch.cuda.is_available() else "CPU")
+    if not ready_to_resume(config, trainer, checkpoint):
+        return 0
+    if args.should_save:
+        write_json_atomically(os.path.join(output_dir, "run_config.json"),
+                              run_record(config, flags, checkpoint, counts, args.world_size))
+    # 4. Train. From here on the first Ctrl+C means "finish the step, save, stop".
+    interrupt.arm()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return finish(config, trainer, save_model, checkpoint, interrupt, time.monotonic() - started)
+
+
+def load_model_and_data(config, checkpoint, args, precision_flags):
+    """(tokenizer, model, tokenized datasets, counts); the memory plan is printed before the weights load."""
+    from data import load_tokenized, report_truncation
+    from modeling import load_model, trim_model
+    from restoration import Decoding
+
     # A trimmed run resumes with the trimmed vocabulary its checkpoint holds.
     name = checkpoint if config["TRIM_VOCAB"] and checkpoint else config["MODEL_NAME_OR_PATH"]
     model_source = (name, checkpoint, config["TRAIN_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
@@ -319,9 +342,6 @@ def train(config, flags, checkpoint, interrupt):
             tokenizer, model = trim_model(tokenizer, model, config)
         except ValueError as error:  # a tokenizer that is not SentencePiece
             raise ConfigError(f"TRIM_VOCAB=True: {error} Set TRIM_VOCAB=False for this model.") from None
-    if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
-        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
-    args = training_arguments(config, precision_flags)
     files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
     with args.main_process_first(desc="tokenizing"):  # under torchrun the others then read its cache
         datasets_by_split, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
@@ -333,11 +353,24 @@ def train(config, flags, checkpoint, interrupt):
     # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated.
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
              max_new_tokens=config["MAX_TARGET_LENGTH"]).save_to(model)
-    # 3. Trainer and the DomainFocus callbacks.
-    early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
-                                          config["EARLY_STOPPING_THRESHOLD"])
+    return tokenizer, model, datasets_by_split, counts
+
+
+def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, interrupt):
+    """(DomainFocusTrainer with the DomainFocus callbacks, the function that saves best/ and latest/)."""
+    from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_callback import PrinterCallback
+
+    from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
+                           MetricsFileCallback, NonFiniteGuard, SafeDetailedProgressCallback)
+    from data import first_examples
+    from modeling import model_saver
+    from report import model_card
+    from trainer import DomainFocusTrainer
+
+    output_dir = config["OUTPUT_DIR"]
     guard = NonFiniteGuard(config["MAX_NONFINITE_STEPS"])
-    trainer = make_trainer_class()(
+    trainer = DomainFocusTrainer(
         model=model, args=args, train_dataset=datasets_by_split["train"],
         eval_dataset=datasets_by_split["validation"], processing_class=tokenizer,
         # Labels are padded with -100, so the loss covers real target tokens only.
@@ -345,24 +378,32 @@ def train(config, flags, checkpoint, interrupt):
         generation_examples=first_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
         guard=guard,
-        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping, guard,
+        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout),
+                   DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
+                                        config["EARLY_STOPPING_THRESHOLD"]), guard,
                    MetricsFileCallback(os.path.join(output_dir, "metrics.jsonl")), interrupt,
                    CurvesCallback(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)],
     )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)
     save_model = model_saver(trainer.model, tokenizer)
     trainer.add_callback(BestModelCallback(
         os.path.join(output_dir, "best"), save_model,
         write_card=lambda folder, step, metrics: write_text(os.path.join(folder, "README.md"),
                                                             model_card(config, counts, step, metrics))))
-    effective_batch = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-    logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
-                config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
-                effective_batch, "GPU" if torch.cuda.is_available() else "CPU")
+    return trainer, save_model
+
+
+def ready_to_resume(config, trainer, checkpoint):
+    """Record what a later resume must match; report (or refuse) what changed since `checkpoint`.
+    False when the checkpoint has nothing left to train."""
+    from callbacks import ResumeCheck
+    from data import file_fingerprint
+    from modeling import nothing_left_to_train
+
+    args = trainer.args
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    resume_check = ResumeCheck(effective_batch_size=effective_batch, processes=args.world_size,
+    resume_check = ResumeCheck(effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps *
+                               args.world_size, processes=args.world_size,
                                training_data=file_fingerprint(config["TRAIN_FILE"]), max_steps=max_steps,
                                learning_rate=config["LEARNING_RATE"], metric_for_best_model=args.metric_for_best_model)
     trainer.add_callback(resume_check)
@@ -376,25 +417,30 @@ def train(config, flags, checkpoint, interrupt):
     nothing_left = checkpoint and nothing_left_to_train(checkpoint, max_steps, config["EARLY_STOPPING_PATIENCE"])
     if nothing_left:
         logger.info("Nothing to train: %s", nothing_left)
-        return 0
-    if args.should_save:
-        write_json_atomically(os.path.join(output_dir, "run_config.json"),
-                              run_record(config, flags, checkpoint, counts, args.world_size))
-    # 4. Train. From here on the first Ctrl+C means "finish the step, save, stop".
-    interrupt.arm()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    return not nothing_left
+
+
+def finish(config, trainer, save_model, checkpoint, interrupt, seconds):
+    """latest/, the curves and the summary after training; returns the exit code."""
+    import torch
+
+    from callbacks import DelayedEarlyStopping, NonFiniteGuard, save_atomically
+    from report import plot_run, summarize
+
+    args, output_dir = trainer.args, config["OUTPUT_DIR"]
+    guard, early_stopping = (next(callback for callback in trainer.callback_handler.callbacks
+                                  if isinstance(callback, kind)) for kind in (NonFiniteGuard, DelayedEarlyStopping))
     # After NaN/inf the weights still hold the last good update (bad ones were skipped); only
     # those are worth a latest/, and best/ stays as it is.
     good_weights = not guard.stop_reason or (
-        (guard.last_good_step or checkpoint) and all(torch.isfinite(p).all() for p in model.parameters()))
+        (guard.last_good_step or checkpoint) and all(torch.isfinite(p).all() for p in trainer.model.parameters()))
     saved_latest = bool(args.should_save and good_weights)
     if saved_latest:
         save_atomically(save_model, os.path.join(output_dir, "latest"))
     if args.should_save and os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
         plot_run(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)
     start_step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and re.search(r"-\d+$", checkpoint) else 0
-    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, time.monotonic() - started,
-              guard.stop_reason)
+    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, guard.stop_reason)
     if guard.stop_reason:
         logger.error("Training diverged; best/ is untouched%s. Likely causes: fp16 overflow, which T5 and mT5 are "
                      "prone to (use PRECISION='bf16' or 'fp32'), or a learning rate too high (lower LEARNING_RATE, "

@@ -182,7 +182,7 @@ def test_batches_are_grouped_by_length_from_a_precomputed_list(finished_run, tmp
     import datasets
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainingArguments
 
-    from modeling import make_trainer_class
+    from trainer import DomainFocusTrainer
 
     lengths = [(index * 37) % 200 + 1 for index in range(512)]
     data = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "labels": [[5]] * 512,
@@ -191,7 +191,7 @@ def test_batches_are_grouped_by_length_from_a_precomputed_list(finished_run, tmp
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True,
                                     train_sampling_strategy="group_by_length", length_column_name="length",
                                     report_to="none", seed=0)
-    trainer = make_trainer_class()(model=AutoModelForSeq2SeqLM.from_pretrained(best), args=args, train_dataset=data,
+    trainer = DomainFocusTrainer(model=AutoModelForSeq2SeqLM.from_pretrained(best), args=args, train_dataset=data,
                                    processing_class=AutoTokenizer.from_pretrained(best))
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler.lengths, list) and sampler.lengths == lengths
@@ -210,7 +210,7 @@ def test_batches_are_grouped_by_length_from_a_precomputed_list(finished_run, tmp
 def test_shuffled_batch_order_keeps_every_batch_whole():
     import torch
 
-    from modeling import shuffled_batch_order
+    from trainer import shuffled_batch_order
 
     indices = list(range(100, 203))  # 10 batches of 10 and a short one of 3
     order = shuffled_batch_order(indices, 10, torch.Generator().manual_seed(1))
