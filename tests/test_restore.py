@@ -108,17 +108,31 @@ def test_each_span_gets_exactly_as_many_characters_as_it_has_markers(finished_ru
         assert record["restored"] == rebuilt  # the undamaged text, character for character
 
 
-def test_jsonl_lengths_are_honoured_and_any_length_lifts_the_constraint(restorer):
-    from restoration import from_markers, from_sentinels
+def test_jsonl_lengths_are_honoured(restorer):
+    from restoration import from_sentinels
 
     document = from_sentinels("患者因<extra_id_0>入院，给予<extra_id_1>治疗。", [2, 5])
     [result] = restorer.restore_documents([document])
     assert [characters(span["text"]) for span in result["spans"]] == [2, 5]
-    # --any-length: the runs' lengths are not used, so they need not match.
-    free = from_markers("患者因□入院，给予□治疗。", any_length=True)
-    assert [span.length for span in free.spans] == [None, None]
-    [result] = restorer.restore_documents([free])
-    assert all(span["text"] for span in result["spans"])
+
+
+def test_a_known_length_masks_what_would_overshoot_and_any_length_does_not(restorer):
+    import torch
+
+    from restoration import SpanConstraint, TokenTable, from_markers
+
+    assert [span.length for span in from_markers("患者因□入院，给予□□治疗。", any_length=True).spans] == [None, None]
+    table = TokenTable(restorer.tokenizer, restorer.model.config.vocab_size)
+    one = next(token for token in range(len(restorer.tokenizer)) if table.characters[token] == 1)
+    two = next(token for token in range(len(restorer.tokenizer)) if table.characters[token] == 2)
+    start, opening, closing = 0, int(table.sentinel_ids[0]), int(table.sentinel_ids[1])
+    written = torch.tensor([[start, opening, one], [start, opening, one]])  # one character of the span so far
+    scores = SpanConstraint(table, [[2], [None]], num_beams=1)(written, torch.zeros(2, table.characters.shape[0]))
+    known, free = scores.isfinite()
+    assert known[one] and not known[two] and not known[closing]  # exactly one more character, then it closes
+    assert free[one] and free[two] and free[closing] and not free[table.eos]  # any length; never end inside a span
+    full = SpanConstraint(table, [[1]], num_beams=1)(written[:1], torch.zeros(1, table.characters.shape[0]))
+    assert full.isfinite()[0].nonzero().flatten().tolist() == [closing]  # full: only the closing sentinel
 
 
 def test_bad_lengths_in_jsonl_are_a_one_line_error(finished_run, tmp_path, hf_home):
