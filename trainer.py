@@ -151,7 +151,7 @@ class DomainFocusTrainer(Seq2SeqTrainer):
             targets = [target for _, target in self.generation_examples]
             documents = [from_sentinels(text, target_lengths(target) if SENTINEL.search(target) else None)
                          for text, target in self.generation_examples]
-            # Under torchrun each process restores every world_size-th example; all gather them all.
+            # Under torchrun each process restores every world_size-th example, then every process gathers them all.
             rank, world = self.args.process_index, self.args.world_size
             mine = [result["prediction"] for result in self.restorer.restore_documents(documents[rank::world])]
             predictions = mine
