@@ -153,7 +153,6 @@ def sentence_blocks(parts, most_characters, most_target):
 
 @dataclasses.dataclass
 class Window:
-    document: int  # index of the document
     text: str  # the model's input: the window's text with sentinels numbered from 0
     spans: list  # the Span objects it restores, in order
 
@@ -163,7 +162,7 @@ def window_text(blocks):
     return "".join(sentinel(next(numbers)) if isinstance(part, Span) else part for block in blocks for part in block)
 
 
-def cut_windows(index, document, tokenizer, decoding):
+def cut_windows(document, tokenizer, decoding):
     """Windows of at most max_input_length tokens and MAX_WINDOW_SPANS spans, cut at sentence ends.
 
     A document that fits is one window, as in training. A longer one gets a window per damaged
@@ -178,7 +177,7 @@ def cut_windows(index, document, tokenizer, decoding):
         if len(members) > MAX_WINDOW_SPANS:
             return False, None
         text = window_text(before + focus + after)
-        return len(tokenizer(text)["input_ids"]) <= limit, Window(index, text, members)
+        return len(tokenizer(text)["input_ids"]) <= limit, Window(text, members)
 
     fits, whole = make([], [document.parts], [])
     if fits:
@@ -365,8 +364,8 @@ class Restorer:
         if self.table is None:
             self.table = TokenTable(self.tokenizer, model.get_output_embeddings().weight.shape[0]).to(device)
         chosen, plain_outputs = {}, {}  # id(Span) -> (Candidate or None, [alternatives]); index -> text
-        windows = [window for index, document in enumerate(documents) if not document.plain and document.spans
-                   for window in cut_windows(index, document, self.tokenizer, decoding)]
+        windows = [window for document in documents if not document.plain and document.spans
+                   for window in cut_windows(document, self.tokenizer, decoding)]
         plain = [index for index, document in enumerate(documents) if document.plain]
         was_training = model.training
         model.eval()

@@ -15,6 +15,7 @@ A thin layer over restoration.py; everything runs locally, nothing is downloaded
 
 import argparse
 import csv
+import io
 import json
 import os
 import signal
@@ -65,8 +66,9 @@ def read_documents(path, options):
             if line.strip():
                 examples.append(jsonl_example(path, line_number, line, options.any_length))
     elif kind in ("csv", "tsv"):
-        text = "\n".join(line for _, line in lines_of(path))
-        rows = csv.DictReader(text.splitlines(), delimiter="," if kind == "csv" else "\t")
+        # One string, so that a quoted field may span lines as CSV allows.
+        rows = csv.DictReader(io.StringIO("\n".join(line for _, line in lines_of(path))),
+                              delimiter="," if kind == "csv" else "\t")
         if options.text_column not in (rows.fieldnames or []):
             raise RestoreError(f"--input {path}: no column \"{options.text_column}\" (found {rows.fieldnames}); "
                                "name the text column with --text-column.")

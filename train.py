@@ -308,7 +308,8 @@ def train(config, flags, checkpoint, interrupt):
     args = training_arguments(config, precision_flags)
     tokenizer, model, datasets_by_split, counts = load_model_and_data(config, checkpoint, args, precision_flags)
     # 3. Trainer and the DomainFocus callbacks.
-    trainer, save_model = build_trainer(config, args, tokenizer, model, datasets_by_split, counts, interrupt)
+    trainer, save_model, early_stopping = build_trainer(config, args, tokenizer, model, datasets_by_split, counts,
+                                                        interrupt)
     logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
                 config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
                 args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
@@ -321,7 +322,7 @@ def train(config, flags, checkpoint, interrupt):
     # 4. Train. From here on the first Ctrl+C means "finish the step, save, stop".
     interrupt.arm()
     trainer.train(resume_from_checkpoint=checkpoint)
-    return finish(config, trainer, save_model, checkpoint, interrupt, time.monotonic() - started)
+    return finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, time.monotonic() - started)
 
 
 def load_model_and_data(config, checkpoint, args, precision_flags):
@@ -357,7 +358,8 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
 
 
 def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, interrupt):
-    """(DomainFocusTrainer with the DomainFocus callbacks, the function that saves best/ and latest/)."""
+    """(DomainFocusTrainer with the DomainFocus callbacks, the function that saves best/ and latest/,
+    the DelayedEarlyStopping among those callbacks)."""
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback
 
@@ -370,6 +372,8 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, int
 
     output_dir = config["OUTPUT_DIR"]
     guard = NonFiniteGuard(config["MAX_NONFINITE_STEPS"])
+    early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
+                                          config["EARLY_STOPPING_THRESHOLD"])
     trainer = DomainFocusTrainer(
         model=model, args=args, train_dataset=datasets_by_split["train"],
         eval_dataset=datasets_by_split["validation"], processing_class=tokenizer,
@@ -378,9 +382,7 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, int
         generation_examples=first_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
         guard=guard,
-        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout),
-                   DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
-                                        config["EARLY_STOPPING_THRESHOLD"]), guard,
+        callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping, guard,
                    MetricsFileCallback(os.path.join(output_dir, "metrics.jsonl")), interrupt,
                    CurvesCallback(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)],
     )
@@ -390,7 +392,7 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, int
         os.path.join(output_dir, "best"), save_model,
         write_card=lambda folder, step, metrics: write_text(os.path.join(folder, "README.md"),
                                                             model_card(config, counts, step, metrics))))
-    return trainer, save_model
+    return trainer, save_model, early_stopping
 
 
 def ready_to_resume(config, trainer, checkpoint):
@@ -420,16 +422,14 @@ def ready_to_resume(config, trainer, checkpoint):
     return not nothing_left
 
 
-def finish(config, trainer, save_model, checkpoint, interrupt, seconds):
+def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, seconds):
     """latest/, the curves and the summary after training; returns the exit code."""
     import torch
 
-    from callbacks import DelayedEarlyStopping, NonFiniteGuard, save_atomically
+    from callbacks import save_atomically
     from report import plot_run, summarize
 
-    args, output_dir = trainer.args, config["OUTPUT_DIR"]
-    guard, early_stopping = (next(callback for callback in trainer.callback_handler.callbacks
-                                  if isinstance(callback, kind)) for kind in (NonFiniteGuard, DelayedEarlyStopping))
+    args, output_dir, guard = trainer.args, config["OUTPUT_DIR"], trainer.guard
     # After NaN/inf the weights still hold the last good update (bad ones were skipped); only
     # those are worth a latest/, and best/ stays as it is.
     good_weights = not guard.stop_reason or (

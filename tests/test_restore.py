@@ -159,7 +159,7 @@ def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exa
     line = "".join(pieces)
     assert len(line) >= 3000 and len(re.findall("□+", line)) == 40
     document = from_markers(line)
-    windows = cut_windows(0, document, restorer.tokenizer, restorer.decoding)
+    windows = cut_windows(document, restorer.tokenizer, restorer.decoding)
     assert len(windows) > 3  # far longer than the model's 128-token input
     assert all(len(restorer.tokenizer(window.text)["input_ids"]) <= restorer.decoding.max_input_length
                for window in windows)
