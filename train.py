@@ -315,6 +315,7 @@ def train(config, flags, checkpoint, interrupt):
                 args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
                 "GPU" if torch.cuda.is_available() else "CPU")
     if not ready_to_resume(config, trainer, checkpoint):
+        leave_process_group()
         return 0
     if args.should_save:
         write_json_atomically(os.path.join(output_dir, "run_config.json"),
@@ -322,7 +323,20 @@ def train(config, flags, checkpoint, interrupt):
     # 4. Train. From here on the first Ctrl+C means "finish the step, save, stop".
     interrupt.arm()
     trainer.train(resume_from_checkpoint=checkpoint)
-    return finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, time.monotonic() - started)
+    exit_code = finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, time.monotonic() - started)
+    leave_process_group()
+    return exit_code
+
+
+def leave_process_group():
+    """Under torchrun: wait until every process is done, then close their group. A process that
+    leaves while the main one still saves best/ and latest/ can abort in the communication
+    library's teardown (SIGABRT), and torchrun then stops the main one with SIGTERM mid-save."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def load_model_and_data(config, checkpoint, args, precision_flags):
