@@ -1,7 +1,7 @@
 """Benchmarks, run on this machine and printed as markdown tables, baselines side by side.
 
     python bench.py                      # every section but knobs and order, on the demo data and the tiny model
-    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order, restore
+    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order, restore, masking
     python bench.py --model FOLDER --train-file F --valid-file F --budget 300   # your model and data
 
 Sections:
@@ -40,6 +40,11 @@ Sections:
              8 beams and with the lexicon (every term masked in the training data); span_accuracy,
              char_accuracy, exact_match and spans/s; the accuracy of spans above and below a
              confidence of 0.5; and the same spans joined into 3,000-character lines (windows).
+  masking    (about 12 minutes) the same small raw corpus, tiny model and 120 s each: masked once
+             by prepare.py, masked once while training (FRESH_MASKS=False), afresh every epoch,
+             afresh with fresh noise, and afresh in a DataLoader worker; epochs reached, real
+             tokens/s (and its ratio to the prepared run), eval_loss and the restoration metrics on
+             a fixed held-back validation set.
   prepare    prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
              lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
 
@@ -177,11 +182,12 @@ def flop_counter(model):
     return flops
 
 
-def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir, settings=None):
+def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir, settings=None, evaluate=False):
     """Train one recipe for `budget` seconds in this process; returns its measurements.
 
-    `settings` changes train.py constants of this tool's recipe (the speed knobs); with it, the run
-    only trains: its measurements are throughput, not restoration."""
+    `settings` changes train.py constants of this tool's recipe (the speed knobs, the masking);
+    with it, the run only trains: its measurements are throughput, not restoration, unless
+    `evaluate` asks for this tool's own evaluation of the whole validation file at the end."""
     import datasets
     import torch
     from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
@@ -189,10 +195,10 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     from transformers.trainer_callback import PrinterCallback
 
     import train as tool
-    from data import first_examples, load_tokenized
+    from data import MaskingCollator, first_examples, load_data
     from trainer import DomainFocusTrainer
     from restoration import Decoding, Restorer, from_sentinels
-    from spans import restoration_metrics
+    from spans import RESTORATION_METRICS, restoration_metrics
 
     set_seed(42)
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
@@ -208,9 +214,11 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     args.max_steps = 10 ** 6  # the budget callback stops training
     validation = first_examples(valid_file, "inputs", "targets", 10 ** 9)
     files = {"train": train_file, "validation": valid_file}
-    if recipe == "tool":
-        data, _ = load_tokenized(files, tokenizer, "inputs", "targets", 512, 256)
+    if recipe == "tool":  # prepared JSON Lines, or raw text masked while training (settings with LEXICON_FILE)
+        data, _, _ = load_data(config, tokenizer, output_dir)
         collator, ignored = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), -100
+        if config["LEXICON_FILE"]:
+            collator = MaskingCollator(tokenizer, collator, 512, 256)
         base = DomainFocusTrainer
         extra = {"generation_examples": validation[: config["GEN_EVAL_SAMPLES"]]}
         Decoding(num_beams=config["NUM_BEAMS"], max_input_length=512, max_new_tokens=64).save_to(model)
@@ -261,9 +269,15 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     seconds, steps = budget_callback.seconds, trainer.state.global_step
+    throughput = {"seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens, "epochs": trainer.state.epoch,
+                  "first_step_seconds": trainer.timeline[0][0] - budget_callback.started, "timeline": trainer.timeline}
+    if evaluate:  # this tool's evaluation (its decoding, as restore.py would) of every validation example
+        trainer.generation_examples = validation
+        metrics = trainer.evaluate()
+        return {**throughput, **{name[5:]: value for name, value in metrics.items()
+                                 if name in ("eval_loss", *RESTORATION_METRICS)}, "eval_loss": metrics["eval_loss"]}
     if settings is not None:
-        return {"seconds": seconds, "steps": steps, "real_tokens": trainer.real_tokens,
-                "first_step_seconds": trainer.timeline[0][0] - budget_callback.started, "timeline": trainer.timeline}
+        return throughput
     # One evaluation in the recipe's own style: the baselines generate for the whole validation set.
     started = time.perf_counter()
     eval_loss = trainer.evaluate()["eval_loss"]
@@ -307,12 +321,14 @@ def tiny_model_folder(folder, train_file):
     return folder
 
 
-def recipe_in_child(options, folder, recipe="tool", model=None, budget=None, extra=(), environment=None):
+def recipe_in_child(options, folder, recipe="tool", model=None, budget=None, extra=(), environment=None,
+                    train_file=None, valid_file=None):
     """run_recipe in a process of its own (so peak memory is its own); returns its measurements."""
     out = os.path.join(folder, "recipe.json")
     subprocess.run([sys.executable, os.path.abspath(__file__), "--recipe", recipe, *extra,
-                    "--model", model or options.model, "--train-file", options.train_file,
-                    "--valid-file", options.valid_file, "--budget", str(budget or options.budget), "--out", out],
+                    "--model", model or options.model, "--train-file", train_file or options.train_file,
+                    "--valid-file", valid_file or options.valid_file, "--budget", str(budget or options.budget),
+                    "--out", out],
                    check=True, cwd=HERE,
                    env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home"), **(environment or {})})
     with open(out, encoding="utf-8") as handle:
@@ -402,6 +418,63 @@ def bench_order(options, folder):
               f"{row['span_accuracy']:.3f} | {row['char_accuracy']:.3f} | {row['exact_match']:.3f} |")
 
 
+MASKING = {  # name: train.py constants (None: the same text prepared once by prepare.py)
+    "prepared by prepare.py (static)": None,
+    "raw text, FRESH_MASKS=False (static)": {"FRESH_MASKS": False},
+    "raw text, FRESH_MASKS=True": {"FRESH_MASKS": True},
+    "raw text, FRESH_MASKS=True, NOISE=0.02": {"FRESH_MASKS": True, "NOISE": 0.02},
+    "raw text, FRESH_MASKS=True, DATALOADER_WORKERS=1": {"FRESH_MASKS": True, "DATALOADER_WORKERS": 1},
+}
+
+
+def bench_masking(options, folder, documents=1000, budget=120):
+    """The same small corpus (the first `documents` sentences of demo/corpus.txt, a tenth of them
+    held back by document and masked once as the fixed validation set), the same tiny model and
+    the same --budget: masked once by prepare.py, masked once while training, masked afresh every
+    epoch, afresh with fresh OCR-like noise, and afresh in a DataLoader worker process. Evaluated
+    as train.py evaluates, on every validation example."""
+    import train as tool
+    from data import build_masker, mask_once, read_pieces, write_examples
+    from prepare import parse_options, prepare
+
+    work = os.path.join(folder, "masking")
+    os.makedirs(work, exist_ok=True)
+    lexicon = os.path.join(HERE, "demo", "lexicon.txt")
+    with open(os.path.join(HERE, "demo", "corpus.txt"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()[:documents]
+    corpus = os.path.join(work, "corpus.txt")
+    with open(corpus, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    config = {**tool.default_config(), "TRAIN_FILE": corpus, "LEXICON_FILE": lexicon}
+    pieces = read_pieces(corpus, config, 0.1)
+    train_text, valid_file = os.path.join(work, "train.txt"), os.path.join(work, "valid.jsonl")
+    with open(train_text, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(pieces["train"]) + "\n")
+    write_examples(valid_file, mask_once(pieces["valid"], build_masker(config), "bench:valid"))
+    prepared = os.path.join(work, "prepared")  # its valid.jsonl stays empty: validation is the file above
+    prepare(parse_options(["--text", train_text, "--lexicon", lexicon, "--out", prepared, "--valid-ratio", "0"]),
+            report=lambda line: None)
+    model = tiny_model_folder(os.path.join(work, "model"), train_text)
+    rows = {}
+    for name, settings in MASKING.items():
+        constants = {"LEXICON_FILE": lexicon, **settings} if settings else {}
+        rows[name] = recipe_in_child(options, folder, model=model, budget=budget,
+                                     extra=["--settings", json.dumps(constants), "--evaluate"],
+                                     train_file=train_text if settings else os.path.join(prepared, "train.jsonl"),
+                                     valid_file=valid_file)
+    print(f"\nMasking, {len(pieces['train']):,} training and {len(pieces['valid']):,} validation sentences, "
+          f"this tool's recipe for {budget:.0f} s each:\n")
+    print("| masks | epochs | real tokens/s | eval_loss | span_accuracy | char_accuracy | exact_match |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['epochs']:.1f} | {row['real_tokens'] / row['seconds']:.0f} | {row['eval_loss']:.4f} | "
+              f"{row['span_accuracy']:.3f} | {row['char_accuracy']:.3f} | {row['exact_match']:.3f} |")
+    speed = {name: row["real_tokens"] / row["seconds"] for name, row in rows.items()}
+    prepared = speed["prepared by prepare.py (static)"]
+    print("\nreal tokens/s against prepared JSON Lines: " + ", ".join(
+        f"{name} x{value / prepared:.3f}" for name, value in speed.items() if MASKING[name]))
+
+
 def bench_sampler(examples=120_000):
     """Length grouping: one epoch's batch order from the dataset's length column as transformers 5
     reads it (one row at a time) against the precomputed list this tool passes to the sampler."""
@@ -459,26 +532,35 @@ def bench_callbacks(tool_step, steps=2000):
           f"{100 * per_step / tool_step:.3f}% of this tool's measured step time ({tool_step * 1e3:.0f} ms).")
 
 
-def bench_startup(folder, model, valid_file, copies=(1, 40, 160)):
+def bench_startup(folder, model, valid_file, copies=(1, 40, 160), raw_megabytes=96):
     """Seconds from start to the first training step: first start, then a second with the same data
     (which reuses the tokenization cache), for the demo data as it is (0.6 MB) and repeated to
-    about 24 and 96 MB."""
+    about 24 and 96 MB; and for raw text with masks drawn while training (demo/corpus.txt repeated
+    to about `raw_megabytes` MB)."""
+    cases = []
     with open(os.path.join(HERE, "demo", "train.jsonl"), encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     for count in copies:
-        data = os.path.join(folder, f"train-{count}.jsonl")
+        cases.append((f"train-{count}.jsonl", lines * count, [], f"{len(lines) * count:,} examples"))
+    with open(os.path.join(HERE, "demo", "corpus.txt"), encoding="utf-8") as handle:
+        raw = handle.read().splitlines()
+    repeats = round(raw_megabytes * 1e6 / sum(len(line.encode("utf-8")) + 1 for line in raw))
+    cases.append(("corpus.txt", raw * repeats, [f"--LEXICON_FILE={os.path.join(HERE, 'demo', 'lexicon.txt')}"],
+                  f"{len(raw) * repeats:,} raw sentences, masks drawn while training"))
+    for name, data_lines, extra, what in cases:
+        data = os.path.join(folder, name)
         with open(data, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines * count) + "\n")
+            handle.write("\n".join(data_lines) + "\n")
         timings = []
         for start in ("first", "second"):
             began = time.perf_counter()
             process = subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "train.py"), "--demo", f"--MODEL_NAME_OR_PATH={model}",
-                 f"--TRAIN_FILE={data}", f"--VALID_FILE={valid_file}",
-                 f"--OUTPUT_DIR={os.path.join(folder, f'{start}-{count}')}", "--LOGGING_STEPS=1",
+                 f"--TRAIN_FILE={data}", f"--VALID_FILE={valid_file}", *extra,
+                 f"--OUTPUT_DIR={os.path.join(folder, f'{start}-{name}')}", "--LOGGING_STEPS=1",
                  "--GEN_EVAL_SAMPLES=0"],
                 cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                env={**os.environ, "HF_HOME": os.path.join(folder, f"startup-cache-{count}")})
+                env={**os.environ, "HF_HOME": os.path.join(folder, f"startup-cache-{name}")})
             for line in process.stdout:
                 if " step 1/" in line:
                     timings.append(time.perf_counter() - began)
@@ -486,7 +568,7 @@ def bench_startup(folder, model, valid_file, copies=(1, 40, 160)):
             process.kill()
             process.wait()
         print(f"\nStart-up to the first step with {os.path.getsize(data) / 1e6:.1f} MB of training data "
-              f"({len(lines) * count:,} examples): first start {timings[0]:.1f} s, second start {timings[1]:.1f} s "
+              f"({what}): first start {timings[0]:.1f} s, second start {timings[1]:.1f} s "
               f"(x{timings[1] / timings[0]:.2f}; the second reuses the tokenization cache).")
 
 
@@ -674,7 +756,7 @@ def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
     parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare", "knobs",
-                                           "order", "restore"),
+                                           "order", "restore", "masking"),
                         help="run one section (knobs and order run only when named: about 16 and 3 minutes)")
     parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
     parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
@@ -684,6 +766,7 @@ def main():
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=json.loads, help=argparse.SUPPRESS)  # constants for a knob run
     parser.add_argument("--batch-order", help=argparse.SUPPRESS)  # "transformers": the library's own order
+    parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)  # with --settings: and evaluate
     options = parser.parse_args()
     if options.recipe:
         if options.batch_order == "transformers":
@@ -692,7 +775,7 @@ def main():
             trainer.shuffled_batch_order = lambda indices, batch_size, generator=None: indices
         with tempfile.TemporaryDirectory() as folder:
             result = run_recipe(options.recipe, options.model, options.train_file, options.valid_file,
-                                options.budget, folder, options.settings)
+                                options.budget, folder, options.settings, options.evaluate)
         with open(options.out, "w", encoding="utf-8") as handle:
             json.dump(result, handle)
         return
@@ -705,7 +788,7 @@ def main():
         if options.only in (None, "restore"):  # a trained model: yours, or the demo trained here
             print()
             bench_restore(options.model or trained_demo_model(folder), options.train_file, options.valid_file)
-        if options.only not in ("memory", "prepare", "restore"):  # the sections that train need a model folder
+        if options.only not in ("memory", "prepare", "restore", "masking"):  # the sections that train need a model folder
             options.model = options.model or tiny_model_folder(os.path.join(folder, "model"), options.train_file)
         if options.only in (None, "train", "callbacks"):
             tool_step, tool = bench_train(options, folder)
@@ -728,6 +811,8 @@ def main():
             bench_knobs(options, folder)
         if options.only == "order":
             bench_order(options, folder)
+        if options.only in (None, "masking"):
+            bench_masking(options, folder)
 
 
 if __name__ == "__main__":

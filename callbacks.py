@@ -533,8 +533,9 @@ class NonFiniteGuard(TrainerCallback):
 
 class ResumeCheck(TrainerCallback, ExportableState):
     """Writes what a resume must match into every checkpoint: effective batch size, number of
-    processes, a fingerprint of the training data, the total number of steps, the learning rate
-    and the metric that picks best/ (a change of it starts the best-model comparison afresh)."""
+    processes, a fingerprint of the training data (for raw text also the lexicons and each masking
+    constant), the total number of steps, the learning rate and the metric that picks best/ (a
+    change of it starts the best-model comparison afresh)."""
 
     def __init__(self, **facts):
         self.facts = facts

@@ -5,6 +5,7 @@ and the fix; train.py turns it into exit code 2 before any model is loaded.
 """
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -213,3 +214,287 @@ def report_truncation(counts, files, max_input_length, max_target_length):
                            split, inputs_cut, examples, max_input_length, targets_cut, max_target_length)
         else:
             logger.info("%s: %d examples, none truncated.", split, examples)
+
+
+# --- raw text: masks drawn while training ------------------------------------------------------
+
+def is_raw_text(path, input_column):
+    """True for raw domain text: a .txt file, or JSON Lines whose first record has no `input_column`."""
+    if path.endswith(".txt"):
+        return True
+    if not path.endswith(".jsonl") or not os.path.isfile(path):
+        return False  # anything else is read as prepared JSON Lines, and check_jsonl says what is wrong
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    return False
+                return isinstance(record, dict) and input_column not in record
+    return False
+
+
+def texts_of(path, input_column, target_column):
+    """The text of a training file without sentinels: raw documents, or prepared inputs and targets
+    (what the tiny model's tokenizer and TRIM_VOCAB learn from)."""
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            if path.endswith(".txt"):
+                yield line
+                continue
+            record = json.loads(line)
+            columns = (input_column, target_column) if input_column in record else record
+            yield from (SENTINEL.sub(" ", record[column]) for column in columns if isinstance(record[column], str))
+
+
+def masking_mode(config):
+    """"prepared" (JSON Lines masked by prepare.py), "fresh" (raw text, new masks every epoch) or
+    "static" (raw text, the same masks every epoch)."""
+    if not is_raw_text(config["TRAIN_FILE"], config["INPUT_COLUMN"]):
+        return "prepared"
+    return "fresh" if config["FRESH_MASKS"] else "static"
+
+
+def check_raw_text(config):
+    """The checks of a raw-text run that need no model, within a second: files, lexicons, and how
+    TRAIN_FILE, VALID_FILE and LEXICON_FILE fit together."""
+    from prepare import PrepareError, read_lexicon
+
+    train_file, valid_file, lexicon = config["TRAIN_FILE"], config["VALID_FILE"], config["LEXICON_FILE"]
+    for constant in ("TRAIN_FILE", "VALID_FILE"):
+        path = config[constant]
+        if path and not os.path.isfile(path):
+            raise DataError(f"{path} (set by {constant}) does not exist: check the path"
+                            + (", or set VALID_FILE='' to hold out VALID_RATIO of the documents." if path == valid_file
+                               else "."))
+    if not lexicon:
+        raise DataError(f"TRAIN_FILE={train_file} is raw text: set LEXICON_FILE to your term list (one term per line) "
+                        "so that masks can be drawn, or prepare the data with prepare.py.")
+    for constant in ("LEXICON_FILE", "HARD_LEXICON_FILE"):
+        if config[constant]:
+            try:
+                read_lexicon(config[constant])
+            except PrepareError as error:
+                raise DataError(f"{error} (set by {constant})") from None
+
+
+def check_data(config):
+    """Step 1 of train.py for either kind of data: raise DataError at the first problem."""
+    if masking_mode(config) == "prepared":
+        if config["LEXICON_FILE"]:
+            raise DataError(f"LEXICON_FILE={config['LEXICON_FILE']} is set, but TRAIN_FILE={config['TRAIN_FILE']} "
+                            "holds prepared examples: point TRAIN_FILE at the raw text (.txt), or set LEXICON_FILE=''.")
+        if not config["VALID_FILE"]:
+            raise DataError("VALID_FILE='' holds out documents of raw text only: give a prepared valid.jsonl.")
+        for constant in ("TRAIN_FILE", "VALID_FILE"):
+            check_jsonl_once(config[constant], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
+        return
+    check_raw_text(config)
+    valid_file = config["VALID_FILE"]
+    if valid_file and not is_raw_text(valid_file, config["INPUT_COLUMN"]):
+        check_jsonl_once(valid_file, config["INPUT_COLUMN"], config["TARGET_COLUMN"], "VALID_FILE")
+
+
+def build_masker(config):
+    """prepare.py's Masker with the masking constants of train.py."""
+    from prepare import Lexicon, Masker, read_lexicon
+
+    hard = read_lexicon(config["HARD_LEXICON_FILE"]) if config["HARD_LEXICON_FILE"] else []
+    return Masker(Lexicon(read_lexicon(config["LEXICON_FILE"]), hard), config["TERM_MASK_PROB"],
+                  config["HARD_TERM_MASK_PROB"], config["MASK_RATE"], config["MAX_SPAN"], config["NOISE"], config["SEED"])
+
+
+def read_pieces(path, config, valid_ratio):
+    """{"train": [examples], "valid": [examples]} cut from a raw text file as prepare.py cuts them,
+    whole documents held out for validation with probability `valid_ratio`."""
+    from prepare import PrepareError, read_documents, split_documents
+
+    pieces = {"train": [], "valid": []}
+    try:
+        documents = read_documents([path], config["DOCUMENTS"], config["TEXT_FIELD"])
+        for split, _, examples in split_documents(documents, valid_ratio, config["SEED"], config["MAX_CHARS"]):
+            pieces[split].extend(examples)
+    except PrepareError as error:
+        raise DataError(str(error)) from None
+    return pieces
+
+
+def mask_once(pieces, masker, key):
+    """Each piece masked with the seed "key:index": the same examples on every start."""
+    examples = []
+    for index, piece in enumerate(pieces):
+        masker.reseed(f"{key}:{index}")
+        examples.append(masker.example(piece)[0])
+    return examples
+
+
+class MaskedExamples:
+    """Raw-text training examples, masked as they are read.
+
+    Example i of epoch e is masked from the seed "SEED:e:i" (always epoch 0 with FRESH_MASKS=False),
+    so its masks depend on nothing else: not on the order, not on which worker process reads it,
+    not on an interrupt. A resumed run sees exactly the masks an uninterrupted one would have.
+    The sampler (trainer.ShuffledLengthGroupedSampler) hands over the epoch inside the index,
+    e * len(self) + i, because worker processes hold copies of this object that a set_epoch call
+    would not reach. Items are (inputs, targets) tuples; MaskingCollator tokenizes them per batch.
+    """
+
+    def __init__(self, pieces, masker, seed, fresh):
+        self.pieces, self.masker, self.seed, self.fresh = pieces, masker, seed, fresh
+        self.lengths = [len(piece) for piece in pieces]  # characters: enough to group by length
+
+    def __len__(self):
+        return len(self.pieces)
+
+    def masked(self, epoch, index):
+        self.masker.reseed(f"{self.seed}:{epoch if self.fresh else 0}:{index}")
+        example = self.masker.example(self.pieces[index])[0]
+        return example["inputs"], example["targets"]
+
+    def __getitem__(self, index):
+        epoch, index = divmod(index, len(self.pieces))
+        return self.masked(epoch, index)
+
+
+class MaskingCollator:
+    """Tokenizes the (inputs, targets) of MaskedExamples per batch, then pads like the prepared
+    data's collator (dynamic padding, labels padded with -100). Tokenized features (the validation
+    set) are padded as they are. Truncation is counted and reported, never silent."""
+
+    def __init__(self, tokenizer, pad, max_input_length, max_target_length):
+        self.tokenizer, self.pad = tokenizer, pad
+        self.max_input_length, self.max_target_length = max_input_length, max_target_length
+        self.truncated = 0
+
+    def __call__(self, examples):
+        if not isinstance(examples[0], tuple):
+            return self.pad(examples)
+        batch = tokenize_batch({"inputs": [inputs for inputs, _ in examples], "targets": [t for _, t in examples]},
+                               self.tokenizer, "inputs", "targets", self.max_input_length, self.max_target_length)
+        truncated = sum(batch["input_truncated"]) + sum(batch["target_truncated"])
+        if truncated and not self.truncated:
+            logger.warning("Masked examples longer than MAX_INPUT_LENGTH=%d or MAX_TARGET_LENGTH=%d tokens are being "
+                           "truncated; raise the limits or lower MAX_CHARS (--check estimates how many).",
+                           self.max_input_length, self.max_target_length)
+        self.truncated += truncated
+        return self.pad([{"input_ids": ids, "attention_mask": mask, "labels": labels} for ids, mask, labels
+                         in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])])
+
+
+def evenly(items, limit):
+    """At most `limit` items spread evenly over `items`."""
+    step = max(len(items) / limit, 1)
+    return [items[int(position * step)] for position in range(min(len(items), limit))]
+
+
+def masked_counts(dataset, tokenizer, max_input_length, max_target_length, limit):
+    """The counts load_tokenized gives, for MaskedExamples: estimated from `limit` examples spread
+    evenly over the data (epoch 0) and the 64 longest, and the masking itself: the share of
+    maskable characters masked, the share of spans that are lexicon terms, and the lexicon terms
+    that occur in those examples."""
+    indices = evenly(range(len(dataset)), limit)
+    longest = heapq.nlargest(64, range(len(dataset)), key=dataset.lengths.__getitem__)
+    masker = dataset.masker
+    masked = maskable = spans = term_spans = 0
+    terms_seen = set()
+    examples = []
+    for index in indices + longest:
+        masker.reseed(f"{dataset.seed}:0:{index}")
+        example, chosen, (masked_here, maskable_here), found = masker.example(dataset.pieces[index])
+        examples.append(example)
+        if len(examples) <= len(indices):
+            masked, maskable, spans = masked + masked_here, maskable + maskable_here, spans + len(chosen)
+            term_spans += sum(is_term for _, _, is_term in chosen)
+            terms_seen.update(dataset.pieces[index][start:end] for start, end in found)
+    batch = tokenize_batch({"inputs": [e["inputs"] for e in examples], "targets": [e["targets"] for e in examples]},
+                           tokenizer, "inputs", "targets", max_input_length, max_target_length)
+    sample, scale = len(indices), len(dataset) / max(len(indices), 1)
+    return {
+        "examples": len(dataset),
+        "inputs_truncated": round(sum(batch["input_truncated"][:sample]) * scale),
+        "targets_truncated": round(sum(batch["target_truncated"][:sample]) * scale),
+        "input_tokens": round(sum(batch["length"][:sample]) * scale),
+        "target_tokens": round(sum(batch["target_length"][:sample]) * scale),
+        "longest_input": max(batch["length"], default=0), "longest_target": max(batch["target_length"], default=0),
+        "sampled_examples": sample, "mask_rate": masked / max(maskable, 1), "term_span_share": term_spans / max(spans, 1),
+        "lexicon_terms": len(masker.lexicon.terms), "lexicon_coverage": len(terms_seen) / max(len(masker.lexicon.terms), 1),
+    }
+
+
+def write_examples(path, examples):
+    """Masked examples as JSON Lines, written beside `path` first and then renamed over it."""
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(example, ensure_ascii=False) + "\n" for example in examples)
+    os.replace(path + ".tmp", path)
+
+
+def load_raw(config, tokenizer, folder, sample=2000):
+    """Raw text: (training MaskedExamples, the path of the fixed validation set written to `folder`,
+    the training counts with the masking figures).
+
+    The validation set is masked once, with the seed "SEED:valid:i", never redrawn: from VALID_FILE
+    (raw text is masked, prepared JSON Lines is used as it is) or, with VALID_FILE='', from the
+    documents of TRAIN_FILE held out with probability VALID_RATIO (the rule of prepare.py)."""
+    from report import is_main_process
+
+    masker = build_masker(config)
+    valid_file = config["VALID_FILE"]
+    pieces = read_pieces(config["TRAIN_FILE"], config, 0 if valid_file else config["VALID_RATIO"])
+    if not pieces["train"]:
+        raise DataError(f"{config['TRAIN_FILE']} (set by TRAIN_FILE) holds no text; it needs one document per line.")
+    validation = valid_file
+    if not valid_file or is_raw_text(valid_file, config["INPUT_COLUMN"]):
+        held_out = pieces["valid"] if not valid_file else read_pieces(valid_file, config, 0)["train"]
+        if not held_out:
+            raise DataError(f"VALID_RATIO={config['VALID_RATIO']} held out none of the documents of "
+                            f"{config['TRAIN_FILE']}: raise VALID_RATIO or give a VALID_FILE." if not valid_file else
+                            f"{valid_file} (set by VALID_FILE) holds no text; it needs one document per line.")
+        validation = os.path.join(folder, "validation.jsonl")
+        if is_main_process():  # under torchrun the others wait (main_process_first) and read it
+            os.makedirs(folder, exist_ok=True)
+            examples = mask_once(held_out, masker, f"{config['SEED']}:valid")
+            write_examples(validation, [{config["INPUT_COLUMN"]: example["inputs"],
+                                         config["TARGET_COLUMN"]: example["targets"]} for example in examples])
+    dataset = MaskedExamples(pieces["train"], masker, config["SEED"], config["FRESH_MASKS"])
+    counts = masked_counts(dataset, tokenizer, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"], sample)
+    return dataset, validation, counts
+
+
+def load_data(config, tokenizer, folder, sample=2000):
+    """({"train": ..., "validation": ...} datasets, counts, the validation file) for prepared JSON
+    Lines or for raw text; a raw run's fixed validation set is written to `folder`."""
+    limits = (config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    columns = (config["INPUT_COLUMN"], config["TARGET_COLUMN"])
+    if masking_mode(config) == "prepared":
+        files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
+        datasets_by_split, counts = load_tokenized(files, tokenizer, *columns, *limits)
+        report_truncation(counts, files, *limits)
+        return datasets_by_split, counts, config["VALID_FILE"]
+    train, validation, train_counts = load_raw(config, tokenizer, folder, sample)
+    datasets_by_split, counts = load_tokenized({"validation": validation}, tokenizer, *columns, *limits)
+    counts = {"train": train_counts, **counts}
+    report_truncation(counts, {"train": config["TRAIN_FILE"], "validation": validation}, *limits)
+    logger.info("Masks drawn while training (%s): %d examples per epoch; in %d of them %.1f%% of the maskable "
+                "characters are masked, %.1f%% of the spans are lexicon terms, and %.1f%% of the %d terms occur.",
+                "new every epoch" if config["FRESH_MASKS"] else "the same every epoch", train_counts["examples"],
+                train_counts["sampled_examples"], 100 * train_counts["mask_rate"], 100 * train_counts["term_span_share"],
+                100 * train_counts["lexicon_coverage"], train_counts["lexicon_terms"])
+    return {"train": train, **datasets_by_split}, counts, validation
+
+
+def data_facts(config):
+    """What a resume must find unchanged about the data: the training file's fingerprint, and for
+    raw text the lexicons and masking settings too."""
+    if masking_mode(config) == "prepared":
+        return {"training_data": file_fingerprint(config["TRAIN_FILE"])}
+    files = [file_fingerprint(config[name]) for name in ("TRAIN_FILE", "LEXICON_FILE", "HARD_LEXICON_FILE")
+             if config[name]]
+    return {"training_data": "+".join(files), **{name: config[name] for name in MASKING_CONSTANTS}}
+
+
+# The constants that decide the masks of a raw-text run (a change on resume is reported).
+MASKING_CONSTANTS = ("FRESH_MASKS", "TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", "MAX_SPAN", "MAX_CHARS",
+                     "NOISE", "VALID_RATIO", "DOCUMENTS", "TEXT_FIELD")

@@ -25,21 +25,12 @@ def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000
     import torch
     from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
-    from data import DataError
-    from spans import SENTINEL
+    from data import DataError, texts_of
 
-    def sentences():
-        with open(train_file, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    example = json.loads(line)
-                    for column in (input_column, target_column):
-                        yield SENTINEL.sub(" ", example[column])
-        if extra_text:
-            with open(extra_text, encoding="utf-8") as handle:
-                yield from (line for line in handle if line.strip())
-
-    texts = list(sentences())
+    texts = list(texts_of(train_file, input_column, target_column))
+    if extra_text:
+        with open(extra_text, encoding="utf-8") as handle:
+            texts += [line for line in handle if line.strip()]
     # Every character must be a piece of its own (what trimming and restoration assume), so the
     # vocabulary grows with the data: Chinese text easily has thousands of distinct characters.
     characters = len(set("".join(texts)) - set(" \t\n"))
@@ -249,11 +240,10 @@ def trim_vocabulary(tokenizer, model, texts, folder):
 
 def trim_model(tokenizer, model, config):
     """TRIM_VOCAB: trim to the tokens of TRAIN_FILE and VALID_FILE, and log what it saved."""
-    from data import first_examples
+    from data import texts_of
 
-    texts = [text for path in (config["TRAIN_FILE"], config["VALID_FILE"])
-             for pair in first_examples(path, config["INPUT_COLUMN"], config["TARGET_COLUMN"], float("inf"))
-             for text in pair]
+    texts = [text for path in (config["TRAIN_FILE"], config["VALID_FILE"]) if path
+             for text in texts_of(path, config["INPUT_COLUMN"], config["TARGET_COLUMN"])]
     before, tokens = model.num_parameters(), len(tokenizer)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer, model = trim_vocabulary(tokenizer, model, texts, folder)

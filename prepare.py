@@ -123,7 +123,7 @@ def read_documents(paths, documents, text_field):
                         raise PrepareError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
                     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                         raise PrepareError(f"{path}:{line_number}: needs a string field \"{text_field}\" "
-                                           "(set --text-field).")
+                                           "(set --text-field, or TEXT_FIELD in train.py).")
                     if record[text_field].strip():
                         yield record[text_field].strip()
                 elif documents == "lines":
@@ -140,6 +140,8 @@ def read_documents(paths, documents, text_field):
 
 def cut_examples(document, max_chars):
     """Pieces of at most `max_chars` characters, cut after sentence ends where possible."""
+    if len(document) <= max_chars:  # most documents of a line-per-sentence corpus: no need to look for ends
+        return [document.strip()] if document.strip() else []
     ends = [match.end() for match in SENTENCE_END.finditer(document)] + [len(document)]
     pieces, start, last_end = [], 0, 0
     for end in ends:
@@ -164,8 +166,14 @@ class Masker:
         self.mask_rate = mask_rate
         self.max_span = max_span
         self.noise = noise
+        self.reseed(seed)
+
+    def reseed(self, seed):
+        """Start the random draws afresh from `seed` (an int, or a string such as "42:3:1017").
+        train.py reseeds before every example, so an example's masks depend on nothing drawn before."""
         self.rng = random.Random(seed)
-        self.noise_rng = random.Random(seed + 2)  # separate, so that noise never changes the masks
+        # Separate, so that noise never changes the masks.
+        self.noise_rng = random.Random(seed + 2 if isinstance(seed, int) else f"{seed}:noise")
 
     def choose_spans(self, text, terms_found):
         """([(start, end, is_term)] sorted and separated by unmasked characters, characters masked,
@@ -234,6 +242,15 @@ class Masker:
         return {"inputs": "".join(inputs), "targets": targets}, spans, (masked, maskable_characters), terms_found
 
 
+def split_documents(documents, valid_ratio, seed, max_chars):
+    """Yield ("train" or "valid", document, its examples): each whole document goes to validation
+    with probability `valid_ratio`, drawn from `seed`, so no document is in both."""
+    split_rng = random.Random(seed + 1)
+    for document in documents:
+        split = "valid" if split_rng.random() < valid_ratio else "train"
+        yield split, document, cut_examples(document, max_chars)
+
+
 def prepare(options, report=print):
     """Stream the documents into DIR/train.jsonl and DIR/valid.jsonl; return the statistics."""
     for name in ("term_mask_prob", "hard_term_mask_prob", "mask_rate", "valid_ratio", "noise"):
@@ -250,7 +267,6 @@ def prepare(options, report=print):
     lexicon = Lexicon(terms, hard_terms)
     masker = Masker(lexicon, options.term_mask_prob, options.hard_term_mask_prob, options.mask_rate,
                     options.max_span, options.noise, options.seed)
-    split_rng = random.Random(options.seed + 1)
     os.makedirs(options.out, exist_ok=True)
     paths = {split: os.path.join(options.out, f"{split}.jsonl") for split in ("train", "valid")}
     stats = {"documents": 0, "documents_valid": 0, "examples_train": 0, "examples_valid": 0, "characters": 0,
@@ -259,12 +275,12 @@ def prepare(options, report=print):
     sample = []
     files = {split: open(path + ".tmp", "w", encoding="utf-8") for split, path in paths.items()}
     try:
-        for document in read_documents(options.text, options.documents, options.text_field):
-            split = "valid" if split_rng.random() < options.valid_ratio else "train"
+        documents = read_documents(options.text, options.documents, options.text_field)
+        for split, document, pieces in split_documents(documents, options.valid_ratio, options.seed, options.max_chars):
             stats["documents"] += 1
             stats["documents_valid"] += split == "valid"
             stats["bytes"] += len(document.encode("utf-8"))
-            for piece in cut_examples(document, options.max_chars):
+            for piece in pieces:
                 example, spans, (masked, maskable_characters), terms_found = masker.example(piece)
                 files[split].write(json.dumps(example, ensure_ascii=False) + "\n")
                 stats[f"examples_{split}"] += 1

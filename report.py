@@ -289,6 +289,40 @@ def plan_record(model, config, half, lengths, world_size):
             "effective_batch_size": config["PER_DEVICE_BATCH_SIZE"] * config["GRADIENT_ACCUMULATION_STEPS"] * world_size}
 
 
+def masking_record(config, train_counts):
+    """How the training examples are masked, for --check. Raw text: measured on examples masked as
+    in epoch 0; prepared JSON Lines: from the stats.json prepare.py wrote beside TRAIN_FILE, if any."""
+    from data import masking_mode
+
+    record = {"masking": masking_mode(config), "examples_per_epoch": train_counts["examples"]}
+    if record["masking"] == "prepared":
+        stats_file = os.path.join(os.path.dirname(config["TRAIN_FILE"]), "stats.json")
+        stats = {}
+        if os.path.isfile(stats_file):
+            with open(stats_file, encoding="utf-8") as handle:
+                stats = json.load(handle)
+        return {**record, "expected_mask_rate": stats.get("mask_rate"), "term_span_share": stats.get("term_span_share"),
+                "lexicon_coverage": stats.get("lexicon_coverage"), "lexicon_terms": stats.get("lexicon_terms")}
+    return {**record, "expected_mask_rate": train_counts["mask_rate"], "term_span_share": train_counts["term_span_share"],
+            "lexicon_coverage": train_counts["lexicon_coverage"], "lexicon_terms": train_counts["lexicon_terms"],
+            "masking_sample": train_counts["sampled_examples"]}
+
+
+def masking_text(record):
+    """The --check line for masking_record."""
+    if record["masking"] == "prepared":
+        if record["expected_mask_rate"] is None:
+            return ("  masking    prepared JSON Lines, the same masks every epoch (no stats.json from prepare.py beside "
+                    "TRAIN_FILE: mask rate and lexicon coverage unknown)")
+        source = "the same masks every epoch, from prepare.py's stats.json"
+    else:
+        source = (f"drawn while training, {'new every epoch' if record['masking'] == 'fresh' else 'the same every epoch'}"
+                  f", measured on {record['masking_sample']:,} examples")
+    return (f"  masking    {source}: {record['expected_mask_rate']:.1%} of the maskable characters masked, "
+            f"{record['term_span_share']:.1%} of the spans are lexicon terms, {record['lexicon_coverage']:.1%} of the "
+            f"{record['lexicon_terms']:,} lexicon terms occur; {record['examples_per_epoch']:,} examples per epoch")
+
+
 def schedule(train_examples, config, world_size=1):
     """Optimizer steps per epoch and in total, evaluations, saves, and the first step at which
     early stopping could stop the run."""
@@ -345,6 +379,11 @@ def model_card(config, counts, step, metrics):
         "EARLY_STOPPING_THRESHOLD", "METRIC_FOR_BEST_MODEL", "SEED"))
     metric = config["METRIC_FOR_BEST_MODEL"]
     metric = metric if metric.startswith("eval_") else "eval_" + metric
+    masking = (f" (raw text, masked while training with the terms of `{config['LEXICON_FILE']}`, "
+               f"{'afresh every epoch' if config['FRESH_MASKS'] else 'the same masks every epoch'})"
+               if config["LEXICON_FILE"] else "")
+    validation = (f"`{config['VALID_FILE']}`" if config["VALID_FILE"] else
+                  f"`validation.jsonl` ({config['VALID_RATIO']:.0%} of the documents, held out and masked once)")
     return f"""# DomainFocus restoration model
 
 A T5-family model fine-tuned by DomainFocus Trainer to restore masked or damaged domain terms
@@ -352,7 +391,7 @@ A T5-family model fine-tuned by DomainFocus Trainer to restore masked or damaged
 
 * Base model: `{config['MODEL_NAME_OR_PATH']}`
 * Best evaluation: **{metric} {metrics.get(metric, float('nan')):.4f} at step {step}** (the weights in this folder)
-* Training data: `{config['TRAIN_FILE']}`, validation data: `{config['VALID_FILE']}`
+* Training data: `{config['TRAIN_FILE']}`{masking}, validation data: {validation}
 
 ## Evaluation at step {step}
 

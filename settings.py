@@ -12,6 +12,7 @@ CHOICES = {
     "PRECISION": ("auto", "bf16", "fp32", "fp16"),
     "OPTIMIZER": ("adafactor", "adamw_torch", "adamw_8bit"),
     "RESUME_CHANGES": ("warn", "refuse"),
+    "DOCUMENTS": ("lines", "paragraphs"),
 }
 NONE_ALLOWED = {"RESUME"}
 
@@ -62,6 +63,14 @@ def check_config(config):
                  "DATALOADER_WORKERS"):
         if config[name] < 0:
             raise ConfigError(f"{name}={config[name]}: must not be negative.")
+    for name in ("TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", "NOISE"):
+        if not 0 <= config[name] <= 1:
+            raise ConfigError(f"{name}={config[name]}: must lie between 0 and 1.")
+    if not 0 <= config["VALID_RATIO"] < 1:
+        raise ConfigError(f"VALID_RATIO={config['VALID_RATIO']}: must be at least 0 and below 1, e.g. 0.05.")
+    if config["MAX_CHARS"] < 8 or config["MAX_SPAN"] < 1:
+        raise ConfigError(f"MAX_CHARS={config['MAX_CHARS']}, MAX_SPAN={config['MAX_SPAN']}: MAX_CHARS must be at least "
+                          "8 and MAX_SPAN at least 1.")
     if config["SAVE_TOTAL_LIMIT"] < 2:  # with 1 the Trainer deletes the newest checkpoint at the end, keeping the best
         raise ConfigError(f"SAVE_TOTAL_LIMIT={config['SAVE_TOTAL_LIMIT']}: keep at least 2 checkpoints, the newest "
                           "(to resume) and the best.")

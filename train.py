@@ -11,13 +11,26 @@ Ctrl+C stops after the current step and saves; running the same command again re
 # --- model -----------------------------------------------------------------------------------
 MODEL_NAME_OR_PATH = "google/mt5-base"  # hub name or local folder; "tiny-local-t5" builds a tiny T5 here
 # --- data ------------------------------------------------------------------------------------
-TRAIN_FILE = "data/train.jsonl"  # JSON Lines, one {"inputs": ..., "targets": ...} per line
-VALID_FILE = "data/valid.jsonl"  # same format; used for eval_loss and choosing best/
+TRAIN_FILE = "data/train.jsonl"  # JSON Lines, one {"inputs": ..., "targets": ...} per line; or raw text (.txt) with LEXICON_FILE
+VALID_FILE = "data/valid.jsonl"  # same format; used for eval_loss and choosing best/; raw text only: "" = hold out VALID_RATIO
 INPUT_COLUMN = "inputs"  # field holding the masked text
 TARGET_COLUMN = "targets"  # field holding the restored spans
 MAX_INPUT_LENGTH = 512  # tokens; longer inputs are truncated and counted
 MAX_TARGET_LENGTH = 256  # tokens; longer targets are truncated and counted
 TRIM_VOCAB = False  # True: keep only the tokens the data uses (mT5-base: 582 M -> about 250 M parameters)
+# --- masks drawn while training (raw text in TRAIN_FILE; prepare.py's rules, see README) ---------
+LEXICON_FILE = ""  # domain terms, one per line; set it to train on raw text ("" = TRAIN_FILE is prepared)
+HARD_LEXICON_FILE = ""  # optional: hard terms, masked at HARD_TERM_MASK_PROB
+FRESH_MASKS = True  # True: new masks (and noise) every epoch, reproducible from SEED; False: the same every epoch
+TERM_MASK_PROB = 0.6  # chance that a lexicon term is masked as one span
+HARD_TERM_MASK_PROB = 0.7  # the same for hard terms
+MASK_RATE = 0.22  # share of maskable characters masked; random short spans make up what terms leave
+MAX_SPAN = 3  # longest random span, in characters (or Latin words)
+MAX_CHARS = 200  # longest example, in characters, cut at sentence ends
+NOISE = 0.0  # share of unmasked characters dropped or replaced, like OCR damage
+VALID_RATIO = 0.05  # with VALID_FILE="": share of documents held out for validation, masked once
+DOCUMENTS = "lines"  # .txt: "lines" (a document per line) or "paragraphs" (blank lines between documents)
+TEXT_FIELD = "text"  # raw .jsonl: the field holding the text
 # --- schedule --------------------------------------------------------------------------------
 PER_DEVICE_BATCH_SIZE = 4  # examples per forward pass on each GPU (4 fits mT5-base on 6 GB)
 GRADIENT_ACCUMULATION_STEPS = 8  # forward passes per optimizer step; effective batch = 4 x 8 = 32
@@ -79,7 +92,8 @@ from report import is_main_process, report_memory, setup_logging, write_json_ato
 from settings import TINY_MODEL, ConfigError, check_config, metric_for_best_model, parse_value
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SAVE_FAILED = 2, 3, 4  # and 128 + signal number after an interrupt
-OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png")
+OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png",
+                "validation.jsonl")
 logger = logging.getLogger("domainfocus")
 
 
@@ -218,16 +232,14 @@ def training_arguments(config, precision_flags):
 
 
 def main(argv):
-    from data import check_jsonl_once
+    from data import check_data
 
     if argv[:1] == ["--plot"]:
         return plot_only(argv[1:])
     # 1. Constants, command line, data files: every check that needs no model, within a second.
     config, flags = parse_arguments(argv, default_config())
     check_config(config)
-    files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
-    for split, constant in (("train", "TRAIN_FILE"), ("validation", "VALID_FILE")):
-        check_jsonl_once(files[split], config["INPUT_COLUMN"], config["TARGET_COLUMN"], constant)
+    check_data(config)
     checkpoint, skipped = find_checkpoint(config)
     if "check" in flags:
         for note in skipped:
@@ -265,26 +277,30 @@ def plot_only(arguments):
 
 def check_plan(config, checkpoint):
     """--check: tokenize the data and print what the run would do; exit 0 when everything is ready."""
-    from data import load_tokenized, report_truncation
+    import tempfile
+
+    from data import load_data
     from modeling import load_model
-    from report import memory_plan, plan_record, plan_text, schedule, static_memory
+    from report import masking_record, masking_text, memory_plan, plan_record, plan_text, schedule, static_memory
 
     setup_logging(None)
     choose_precision(config["PRECISION"])
     tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
                                   config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"], weights=False)
-    files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
-    _, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
-                               config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
-    report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+    with tempfile.TemporaryDirectory() as folder:  # a raw run's validation set: nothing is written to OUTPUT_DIR
+        _, counts, _ = load_data(config, tokenizer, folder, sample=50_000)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = schedule(counts["train"]["examples"], config, world_size)
     print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint, world_size))
+    masking = masking_record(config, counts["train"])
+    print(masking_text(masking))
     longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
     half = config["PRECISION"] != "fp32"
     print("\n".join(memory_plan(model, config, half, longest)[0]))
     print("Ready: run the same command without --check to train.")
-    print(json.dumps(plan_record(model, config, half, longest, world_size)))  # for scripts: the last line
+    record = plan_record(model, config, half, longest, world_size)
+    record.update(masking)
+    print(json.dumps(record))  # for scripts: the last line
     return 0
 
 
@@ -306,10 +322,11 @@ def train(config, flags, checkpoint, interrupt):
     if config["TENSORBOARD"]:  # transformers 5 takes the TensorBoard folder from this variable
         os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(output_dir, "tensorboard")
     args = training_arguments(config, precision_flags)
-    tokenizer, model, datasets_by_split, counts = load_model_and_data(config, checkpoint, args, precision_flags)
+    tokenizer, model, datasets_by_split, counts, valid_file = load_model_and_data(config, checkpoint, args,
+                                                                                  precision_flags)
     # 3. Trainer and the DomainFocus callbacks.
     trainer, save_model, early_stopping = build_trainer(config, args, tokenizer, model, datasets_by_split, counts,
-                                                        interrupt)
+                                                        valid_file, interrupt)
     logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
                 config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
                 args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
@@ -340,8 +357,9 @@ def leave_process_group():
 
 
 def load_model_and_data(config, checkpoint, args, precision_flags):
-    """(tokenizer, model, tokenized datasets, counts); the memory plan is printed before the weights load."""
-    from data import load_tokenized, report_truncation
+    """(tokenizer, model, datasets, counts, the validation file: for raw text the one masked once and
+    kept in OUTPUT_DIR); the memory plan is printed before the weights load."""
+    from data import load_data
     from modeling import load_model, trim_model
     from restoration import Decoding
 
@@ -357,21 +375,18 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
             tokenizer, model = trim_model(tokenizer, model, config)
         except ValueError as error:  # a tokenizer that is not SentencePiece
             raise ConfigError(f"TRIM_VOCAB=True: {error} Set TRIM_VOCAB=False for this model.") from None
-    files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
     with args.main_process_first(desc="tokenizing"):  # under torchrun the others then read its cache
-        datasets_by_split, counts = load_tokenized(files, tokenizer, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
-                                                   config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
-    report_truncation(counts, files, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
+        datasets_by_split, counts, valid_file = load_data(config, tokenizer, config["OUTPUT_DIR"])
     report_memory(model, config, counts, precision_flags)
     if model.device.type == "meta":
         model = load_model(*model_source, tokenizer=tokenizer)[1]
     # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated.
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
              max_new_tokens=config["MAX_TARGET_LENGTH"]).save_to(model)
-    return tokenizer, model, datasets_by_split, counts
+    return tokenizer, model, datasets_by_split, counts, valid_file
 
 
-def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, interrupt):
+def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, valid_file, interrupt):
     """(DomainFocusTrainer with the DomainFocus callbacks, the function that saves best/ and latest/,
     the DelayedEarlyStopping among those callbacks)."""
     from transformers import DataCollatorForSeq2Seq
@@ -379,21 +394,24 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, int
 
     from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
                            MetricsFileCallback, NonFiniteGuard, SafeDetailedProgressCallback)
-    from data import first_examples
+    from data import MaskedExamples, MaskingCollator, first_examples
     from modeling import model_saver
     from report import model_card
     from trainer import DomainFocusTrainer
 
     output_dir = config["OUTPUT_DIR"]
+    # Labels are padded with -100, so the loss covers real target tokens only.
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    if isinstance(datasets_by_split["train"], MaskedExamples):  # raw text: masked and tokenized batch by batch
+        collator = MaskingCollator(tokenizer, collator, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     guard = NonFiniteGuard(config["MAX_NONFINITE_STEPS"])
     early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
                                           config["EARLY_STOPPING_THRESHOLD"])
     trainer = DomainFocusTrainer(
         model=model, args=args, train_dataset=datasets_by_split["train"],
         eval_dataset=datasets_by_split["validation"], processing_class=tokenizer,
-        # Labels are padded with -100, so the loss covers real target tokens only.
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        generation_examples=first_examples(config["VALID_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
+        data_collator=collator,
+        generation_examples=first_examples(valid_file, config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                                           config["GEN_EVAL_SAMPLES"]),
         guard=guard,
         callbacks=[SafeDetailedProgressCallback(), LiveProgressBar(sys.stdout), early_stopping, guard,
@@ -413,15 +431,15 @@ def ready_to_resume(config, trainer, checkpoint):
     """Record what a later resume must match; report (or refuse) what changed since `checkpoint`.
     False when the checkpoint has nothing left to train."""
     from callbacks import ResumeCheck
-    from data import file_fingerprint
+    from data import data_facts
     from modeling import nothing_left_to_train
 
     args = trainer.args
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     resume_check = ResumeCheck(effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps *
                                args.world_size, processes=args.world_size,
-                               training_data=file_fingerprint(config["TRAIN_FILE"]), max_steps=max_steps,
-                               learning_rate=config["LEARNING_RATE"], metric_for_best_model=args.metric_for_best_model)
+                               max_steps=max_steps, learning_rate=config["LEARNING_RATE"],
+                               metric_for_best_model=args.metric_for_best_model, **data_facts(config))
     trainer.add_callback(resume_check)
     changed = checkpoint and resume_check.differences(checkpoint)
     if changed and config["RESUME_CHANGES"] == "refuse":

@@ -13,6 +13,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from callbacks import SaveFailed, write_error
+from data import MaskedExamples
 from restoration import Decoding, Restorer, from_sentinels, target_lengths
 from spans import SENTINEL, restoration_metrics
 
@@ -50,16 +51,20 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
     an uninterrupted and in a resumed run, and in every process under torchrun.
     """
 
-    def __init__(self, *args, seed=0, **kwargs):
+    def __init__(self, *args, seed=0, epoch_in_index=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
+        self.epoch_in_index = epoch_in_index  # yield epoch * len + index, for data.MaskedExamples
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
+        self.epoch = epoch
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
     def __iter__(self):
-        return iter(shuffled_batch_order(list(super().__iter__()), self.batch_size, self.generator))
+        order = shuffled_batch_order(list(super().__iter__()), self.batch_size, self.generator)
+        offset = self.epoch * len(self.lengths) if self.epoch_in_index else 0
+        return iter([offset + index for index in order])
 
 
 class LossWindow(TrainerCallback, ExportableState):
@@ -171,6 +176,10 @@ class DomainFocusTrainer(Seq2SeqTrainer):
     # examples against 0.06 s from a list: `python bench.py --only knobs`). The sampler here
     # gets the lengths as a plain list, read as one numpy column, and shuffles the batch order.
     def _get_train_sampler(self, train_dataset=None):
+        if isinstance(self.train_dataset, MaskedExamples):  # raw text: lengths in characters, epoch in the index
+            return ShuffledLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                                lengths=self.train_dataset.lengths, seed=self.args.seed,
+                                                epoch_in_index=True)
         sampler = super()._get_train_sampler(self.train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
             sampler = ShuffledLengthGroupedSampler(sampler.batch_size, lengths=length_list(self.train_dataset),

@@ -2,6 +2,9 @@
 
 Writes demo/train.jsonl and demo/valid.jsonl: short clinical-style sentences in Chinese and
 English built from a small term list, with whole terms masked as T5 span-corruption examples.
+Also writes the raw side for masks drawn while training (train.py with LEXICON_FILE):
+demo/corpus.txt, 3,300 such sentences unmasked (one document per line), and demo/lexicon.txt,
+the terms.
 The terms follow fixed clinical associations (disease -> symptom, drug, examination), so the
 masked terms can be restored from context and a tiny model learns measurably within minutes.
 Deterministic: the same seed always writes the same files.
@@ -85,6 +88,13 @@ def make_example(rng):
     return {"inputs": template.format(**values), "targets": "".join(targets)}
 
 
+def make_sentence(rng):
+    """One unmasked sentence, for demo/corpus.txt."""
+    cases, templates = (CASES_ZH, TEMPLATES_ZH) if rng.random() < 0.5 else (CASES_EN, TEMPLATES_EN)
+    terms = dict(zip(FIELDS, rng.choice(cases)))
+    return rng.choice(templates).format(age=rng.randint(18, 90), days=rng.randint(1, 14), **terms)
+
+
 def write_jsonl(path, examples):
     with open(path, "w", encoding="utf-8") as handle:
         for example in examples:
@@ -96,6 +106,11 @@ def main():
     folder = Path(__file__).resolve().parent
     write_jsonl(folder / "train.jsonl", [make_example(rng) for _ in range(TRAIN_EXAMPLES)])
     write_jsonl(folder / "valid.jsonl", [make_example(rng) for _ in range(VALID_EXAMPLES)])
+    raw = random.Random(SEED + 1)  # a generator of its own: the files above stay as they were
+    sentences = [make_sentence(raw) for _ in range(TRAIN_EXAMPLES + VALID_EXAMPLES)]
+    (folder / "corpus.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    terms = sorted({term for case in CASES_ZH + CASES_EN for term in case})
+    (folder / "lexicon.txt").write_text("\n".join(terms) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
