@@ -1,7 +1,7 @@
 """Benchmarks, run on this machine and printed as markdown tables, baselines side by side.
 
     python bench.py                      # every section but knobs and order, on the demo data and the tiny model
-    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order, restore, masking
+    python bench.py --only train         # one section: train, callbacks, startup, trim, memory, prepare, knobs, order, restore, masking, lora
     python bench.py --model FOLDER --train-file F --valid-file F --budget 300   # your model and data
 
 Sections:
@@ -45,6 +45,10 @@ Sections:
              afresh with fresh noise, and afresh in a DataLoader worker; epochs reached, real
              tokens/s (and its ratio to the prepared run), eval_loss and the restoration metrics on
              a fixed held-back validation set.
+  lora       full fine-tuning against LoRA (rank 8 on q, v; rank 8 and 32 on every linear layer), the
+             same tiny model, data and --budget each: trained parameters, steps/s, peak memory, one
+             checkpoint's size, and train.py's evaluation. (The memory section adds LoRA's plan for
+             mt5-base, mt5-large and mt5-xl.)
   prepare    prepare.py throughput (MB of Chinese text per second on one core) with a 20,000-term
              lexicon, and its peak memory for two corpus sizes: equal peaks show that it streams.
 
@@ -214,6 +218,10 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     args.max_steps = 10 ** 6  # the budget callback stops training
     validation = first_examples(valid_file, "inputs", "targets", 10 ** 9)
     files = {"train": train_file, "validation": valid_file}
+    if config["LORA_RANK"]:
+        from modeling import attach_lora
+
+        model = attach_lora(model, config)
     if recipe == "tool":  # prepared JSON Lines, or raw text masked while training (settings with LEXICON_FILE)
         data, _, _ = load_data(config, tokenizer, output_dir)
         collator, ignored = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), -100
@@ -274,8 +282,14 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     if evaluate:  # this tool's evaluation (its decoding, as restore.py would) of every validation example
         trainer.generation_examples = validation
         metrics = trainer.evaluate()
+        trainer._save_checkpoint(trainer.model, None)  # one checkpoint, to weigh it
+        checkpoint = os.path.join(output_dir, f"checkpoint-{steps}")
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else peak_resident_mb()
         return {**throughput, **{name[5:]: value for name, value in metrics.items()
-                                 if name in ("eval_loss", *RESTORATION_METRICS)}, "eval_loss": metrics["eval_loss"]}
+                                 if name in ("eval_loss", *RESTORATION_METRICS)}, "eval_loss": metrics["eval_loss"],
+                "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "peak_mb": peak,
+                "checkpoint_mb": sum(os.path.getsize(os.path.join(checkpoint, name))
+                                     for name in os.listdir(checkpoint)) / 1e6}
     if settings is not None:
         return throughput
     # One evaluation in the recipe's own style: the baselines generate for the whole validation set.
@@ -666,6 +680,50 @@ def bench_memory():
               f"{'yes' if total <= config['GPU_MEMORY_GB'] * 2 ** 30 else 'no'} |")
 
 
+def bench_lora_memory():
+    """LoRA's plan for the mT5 sizes: frozen weights in bf16, adapters with fp32 gradients and AdamW
+    state, activations; for the settings train.py would run with (bf16, gradient checkpointing)."""
+    import train as tool
+    from report import gigabytes, gpu_memory
+
+    configs = {**MT5_CONFIGS, "mt5-xl": (2048, 5120, 24, 32)}
+    print("\n| model | LoRA | batch | longest input / target tokens | trained parameters | planned total | fits 6 GB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in ("mt5-base", "mt5-large", "mt5-xl"):
+        model = mt5_shapes(*configs[name])
+        for rank, batch, accumulation, lengths in ((8, 4, 8, (512, 256)), (8, 1, 32, (512, 256)), (8, 4, 8, (256, 64)),
+                                                   (8, 1, 32, (256, 64))):
+            config = {**tool.default_config(), "LORA_RANK": rank, "OPTIMIZER": "adamw_torch",
+                      "PER_DEVICE_BATCH_SIZE": batch, "GRADIENT_ACCUMULATION_STEPS": accumulation}
+            parts, total = gpu_memory(model, config, True, lengths)
+            trained = parts["gradients"] // 4
+            print(f"| {name} | rank {rank}, all linear layers | {batch} × {accumulation} | {lengths[0]} / {lengths[1]} | "
+                  f"{trained / 1e6:.1f} M | {gigabytes(total)} | {'yes' if total <= 6 * 2 ** 30 else 'no'} |")
+
+
+LORA_RUNS = {  # name: train.py constants
+    "full fine-tuning": {},
+    "LoRA rank 8 on q, v": {"LORA_RANK": 8, "LORA_TARGET_MODULES": "q,v"},
+    "LoRA rank 8 on every linear layer": {"LORA_RANK": 8},
+    "LoRA rank 32 on every linear layer": {"LORA_RANK": 32},
+}
+
+
+def bench_lora(options, folder):
+    """Full fine-tuning against LoRA of two ranks and two target sets: the same tiny model, data and
+    --budget; steps/s, peak memory, the size of one checkpoint, and train.py's evaluation."""
+    rows = {name: recipe_in_child(options, folder, extra=["--settings", json.dumps(settings), "--evaluate"])
+            for name, settings in LORA_RUNS.items()}
+    print(f"\nLoRA against full fine-tuning, this tool's recipe for {options.budget:.0f} s each:\n")
+    print("| training | trained parameters | steps/s | peak memory | checkpoint | eval_loss | span_accuracy | "
+          "char_accuracy | exact_match |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['trainable'] / 1e6:.2f} M | {row['steps'] / row['seconds']:.2f} | {row['peak_mb']:.0f} MB | "
+              f"{row['checkpoint_mb']:.1f} MB | {row['eval_loss']:.4f} | {row['span_accuracy']:.3f} | "
+              f"{row['char_accuracy']:.3f} | {row['exact_match']:.3f} |")
+
+
 def trained_demo_model(folder):
     """best/ of `python train.py --demo` trained here (about 2 minutes on 2 cores)."""
     output = os.path.join(folder, "demo-run")
@@ -756,7 +814,7 @@ def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")
     parser.add_argument("--only", choices=("train", "callbacks", "startup", "trim", "memory", "prepare", "knobs",
-                                           "order", "restore", "masking"),
+                                           "order", "restore", "masking", "lora"),
                         help="run one section (knobs and order run only when named: about 16 and 3 minutes)")
     parser.add_argument("--model", help="model folder (default: the tiny T5 built from the training data)")
     parser.add_argument("--train-file", default=os.path.join(HERE, "demo", "train.jsonl"))
@@ -804,6 +862,7 @@ def main():
         if options.only in (None, "memory"):
             print()
             bench_memory()
+            bench_lora_memory()
         if options.only in (None, "prepare"):
             print()
             bench_prepare()
@@ -813,6 +872,8 @@ def main():
             bench_order(options, folder)
         if options.only in (None, "masking"):
             bench_masking(options, folder)
+        if options.only in (None, "lora"):
+            bench_lora(options, folder)
 
 
 if __name__ == "__main__":

@@ -170,13 +170,88 @@ def nothing_left_to_train(checkpoint, max_steps, patience):
 
 
 def model_saver(model, tokenizer):
-    """best/ and latest/ hold only what from_pretrained needs: safetensors weights, config, tokenizer."""
+    """best/ and latest/ hold only what from_pretrained needs: safetensors weights, config, tokenizer.
+    With LoRA the weights are the merged full model, and the adapter alone goes to adapter/."""
 
     def save(folder):
-        model.save_pretrained(folder)
+        if hasattr(model, "peft_config"):  # a peft model; checked without importing peft
+            merged_model(model).save_pretrained(folder)
+            model.save_pretrained(os.path.join(folder, "adapter"))
+        else:
+            model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
     return save
+
+
+def attach_lora(model, config):
+    """LoRA adapters of LORA_RANK on the LORA_TARGET_MODULES layers that `model` has; every other
+    weight is frozen. After trimming (the adapters never see the dropped rows)."""
+    from peft import LoraConfig, get_peft_model
+
+    from settings import lora_targets
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [name for name in lora_targets(config) if name in present]
+    if not targets:
+        raise ValueError(f"none of LORA_TARGET_MODULES={config['LORA_TARGET_MODULES']!r} is a layer of this model")
+    lora = LoraConfig(r=config["LORA_RANK"], lora_alpha=config["LORA_ALPHA"], lora_dropout=config["LORA_DROPOUT"],
+                      target_modules=targets, task_type="SEQ_2_SEQ_LM")
+    model = get_peft_model(model, lora)
+    # Gradient checkpointing recomputes layers from their inputs; with the embeddings frozen those
+    # inputs need requires_grad, or no gradient reaches the adapters.
+    model.enable_input_require_grads()
+    return model
+
+
+def merged_model(peft_model):
+    """A plain model (no peft needed to load it) holding the base weights with the adapters added
+    in, on the CPU in fp32, without touching the model being trained. (peft's merge_and_unload
+    changes the trained model in place, and unmerging after a save would add rounding drift.)"""
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForSeq2SeqLM
+
+    base = peft_model.get_base_model()
+    state = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.base_layer.weight
+                state[f"{name}.weight"] = weight.float().cpu() + module.get_delta_weight("default").float().cpu()
+        for name, tensor in base.state_dict().items():
+            if "lora_" not in name:
+                state.setdefault(name.replace(".base_layer.", "."), tensor.detach().float().cpu())
+    with torch.device("meta"):
+        plain = AutoModelForSeq2SeqLM.from_config(base.config)
+    plain.load_state_dict(state, assign=True)
+    plain.tie_weights()
+    plain.generation_config = base.generation_config
+    return plain
+
+
+def lora_problem(checkpoint, config):
+    """Why `checkpoint` cannot go on with this LoRA setting (adapters of another shape cannot be
+    loaded into these), else None."""
+    from settings import lora_targets
+
+    path = os.path.join(checkpoint, "adapter_config.json")
+    saved = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    if not saved and not config["LORA_RANK"]:
+        return None
+    if not saved:
+        return "it holds full weights, not LoRA adapters: set LORA_RANK=0 to resume it"
+    if not config["LORA_RANK"]:
+        return f"it holds LoRA adapters of rank {saved['r']}: set LORA_RANK={saved['r']} to resume it"
+    now = (config["LORA_RANK"], float(config["LORA_ALPHA"]), sorted(lora_targets(config)))
+    before = (saved["r"], float(saved["lora_alpha"]), sorted(saved["target_modules"]))
+    if now[0] != before[0] or now[1] != before[1] or not set(before[2]) <= set(now[2]):
+        return (f"its adapters have LORA_RANK={before[0]}, LORA_ALPHA={before[1]:g} on {','.join(before[2])}; "
+                f"set those to resume it")
+    return None
 
 
 def trim_vocabulary(tokenizer, model, texts, folder):

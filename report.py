@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 
+from settings import lora_targets
 from spans import RESTORATION_METRICS
 
 logger = logging.getLogger("domainfocus")
@@ -168,8 +169,9 @@ def draw_curves(series, early_stopping_start_step=None, metric="eval_loss"):
     return figure
 
 
-def optimizer_state_bytes(model, optimizer):
-    """Bytes of optimizer state, exactly as torch and transformers allocate it after the first step.
+def optimizer_state_bytes(model, optimizer, shapes=None):
+    """Bytes of optimizer state, exactly as torch and transformers allocate it after the first step,
+    for the model's trainable parameters or, with LoRA, for the adapter matrices `shapes`.
 
     AdamW keeps two fp32 moments and a 4-byte step counter per tensor. Adafactor (no momentum)
     keeps a factored second moment, one value per row and per column, for matrices, and a 4-byte
@@ -178,24 +180,47 @@ def optimizer_state_bytes(model, optimizer):
     import torch
 
     embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    if shapes is None:
+        shapes = [(tuple(p.shape), id(p) in embeddings) for p in model.parameters() if p.requires_grad]
+    else:
+        shapes = [(shape, False) for shape in shapes]
     total = 0
-    for parameter in (p for p in model.parameters() if p.requires_grad):
-        if optimizer == "adamw_torch" or (optimizer == "adamw_8bit" and id(parameter) in embeddings):
-            total += 8 * parameter.numel() + 4
+    for shape, embedding in shapes:
+        count = math.prod(shape)
+        if optimizer == "adamw_torch" or (optimizer == "adamw_8bit" and embedding):
+            total += 8 * count + 4
         elif optimizer == "adamw_8bit":
-            total += 2 * parameter.numel() + 4
-        elif parameter.dim() >= 2:  # Adafactor: factored second moment, plus its RMS as a 4-byte tensor
-            rows = math.prod(parameter.shape[:-1])
-            columns = math.prod(parameter.shape[:-2]) * parameter.shape[-1]
-            total += 4 * (rows + columns) + 4
+            total += 2 * count + 4
+        elif len(shape) >= 2:  # Adafactor: factored second moment, plus its RMS as a 4-byte tensor
+            total += 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) + 4
         else:
-            total += 4 * parameter.numel() + 4
+            total += 4 * count + 4
     return total
 
 
-def static_memory(model, optimizer):
+def adapter_shapes(model, rank, targets):
+    """The two LoRA matrices, (rank, inputs) and (outputs, rank), of every linear layer named in `targets`."""
+    import torch
+
+    shapes = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            shapes += [(rank, module.in_features), (module.out_features, rank)]
+    return shapes
+
+
+def static_memory(model, optimizer, lora_rank=0, lora_targets=(), half=False):
     """{weights, gradients, optimizer state, total} in bytes: fp32 master weights and gradients,
-    as the Trainer keeps them in fp32, bf16 and fp16 alike. Activations are not included."""
+    as the Trainer keeps them in fp32, bf16 and fp16 alike. Activations are not included.
+    With LoRA (`lora_rank` > 0) the model's own weights are frozen, in bf16 when `half` (as
+    train.py loads them then), and only the adapters have fp32 gradients and optimizer state."""
+    if lora_rank:
+        shapes = adapter_shapes(model, lora_rank, lora_targets)
+        adapters = 4 * sum(math.prod(shape) for shape in shapes)
+        frozen = (2 if half else 4) * sum(parameter.numel() for parameter in model.parameters())
+        state = optimizer_state_bytes(model, optimizer, shapes)
+        return {"weights": frozen + adapters, "gradients": adapters, "optimizer state": state,
+                "total": frozen + 2 * adapters + state}
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     weights = sum(4 * parameter.numel() for parameter in parameters)
     state = optimizer_state_bytes(model, optimizer)
@@ -235,7 +260,7 @@ def gpu_memory(model, config, half=True, lengths=None):
     longest example, so the peak comes from the longest ones, never beyond the limits."""
     source, target = lengths or (config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     source, target = min(source, config["MAX_INPUT_LENGTH"]), min(target, config["MAX_TARGET_LENGTH"])
-    parts = dict(static_memory(model, config["OPTIMIZER"]))
+    parts = dict(static_memory(model, config["OPTIMIZER"], config.get("LORA_RANK", 0), lora_targets(config), half))
     parts.pop("total")
     parts["activations"] = activation_bytes(model.config, config["PER_DEVICE_BATCH_SIZE"], source, target, half,
                                             config["GRADIENT_CHECKPOINTING"])

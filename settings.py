@@ -17,6 +17,14 @@ CHOICES = {
 NONE_ALLOWED = {"RESUME"}
 
 
+# T5's and mT5's linear layers: attention q, k, v, o; feed-forward wi (T5) or wi_0, wi_1 (T5 v1.1, mT5), wo.
+LORA_MODULES = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+
+
+def lora_targets(config):
+    return [name.strip() for name in config["LORA_TARGET_MODULES"].split(",") if name.strip()]
+
+
 class ConfigError(ValueError):
     """A problem in the constants or the command line."""
 
@@ -71,6 +79,16 @@ def check_config(config):
     if config["MAX_CHARS"] < 8 or config["MAX_SPAN"] < 1:
         raise ConfigError(f"MAX_CHARS={config['MAX_CHARS']}, MAX_SPAN={config['MAX_SPAN']}: MAX_CHARS must be at least "
                           "8 and MAX_SPAN at least 1.")
+    if config["LORA_RANK"] < 0 or not config["LORA_ALPHA"] > 0 or not 0 <= config["LORA_DROPOUT"] < 1:
+        raise ConfigError(f"LORA_RANK={config['LORA_RANK']}, LORA_ALPHA={config['LORA_ALPHA']}, LORA_DROPOUT="
+                          f"{config['LORA_DROPOUT']}: the rank must be 0 (off) or more, the alpha above 0, the dropout "
+                          "at least 0 and below 1.")
+    unknown = set(lora_targets(config)) - set(LORA_MODULES)
+    if config["LORA_RANK"] and (unknown or not lora_targets(config)):
+        raise ConfigError(f"LORA_TARGET_MODULES={config['LORA_TARGET_MODULES']!r}: use T5's linear layers, "
+                          f"comma-separated: {', '.join(LORA_MODULES)}.")
+    if config["LORA_RANK"] and importlib.util.find_spec("peft") is None:
+        raise ConfigError("LORA_RANK > 0 needs the peft package: pip install -r requirements.txt.")
     if config["SAVE_TOTAL_LIMIT"] < 2:  # with 1 the Trainer deletes the newest checkpoint at the end, keeping the best
         raise ConfigError(f"SAVE_TOTAL_LIMIT={config['SAVE_TOTAL_LIMIT']}: keep at least 2 checkpoints, the newest "
                           "(to resume) and the best.")

@@ -31,6 +31,11 @@ NOISE = 0.0  # share of unmasked characters dropped or replaced, like OCR damage
 VALID_RATIO = 0.05  # with VALID_FILE="": share of documents held out for validation, masked once
 DOCUMENTS = "lines"  # .txt: "lines" (a document per line) or "paragraphs" (blank lines between documents)
 TEXT_FIELD = "text"  # raw .jsonl: the field holding the text
+# --- LoRA: low-rank adapters on a frozen model (needs peft; best/ and latest/ hold merged full weights) ---
+LORA_RANK = 0  # 0 = full fine-tuning; 8 or 16 train adapters of that rank only (see README, "LoRA")
+LORA_ALPHA = 16.0  # adapter scale: the update is multiplied by LORA_ALPHA / LORA_RANK
+LORA_DROPOUT = 0.05  # dropout on the adapters' input, 0 to 1
+LORA_TARGET_MODULES = "q,k,v,o,wi,wi_0,wi_1,wo"  # T5 / mT5 linear layers given adapters, comma-separated
 # --- schedule --------------------------------------------------------------------------------
 PER_DEVICE_BATCH_SIZE = 4  # examples per forward pass on each GPU (4 fits mT5-base on 6 GB)
 GRADIENT_ACCUMULATION_STEPS = 8  # forward passes per optimizer step; effective batch = 4 x 8 = 32
@@ -87,9 +92,9 @@ import signal
 import sys
 import time
 
-from modeling import checkpoint_problem
+from modeling import checkpoint_problem, lora_problem
 from report import is_main_process, report_memory, setup_logging, write_json_atomically, write_text
-from settings import TINY_MODEL, ConfigError, check_config, metric_for_best_model, parse_value
+from settings import TINY_MODEL, ConfigError, check_config, lora_targets, metric_for_best_model, parse_value
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SAVE_FAILED = 2, 3, 4  # and 128 + signal number after an interrupt
 OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png",
@@ -241,6 +246,10 @@ def main(argv):
     check_config(config)
     check_data(config)
     checkpoint, skipped = find_checkpoint(config)
+    problem = checkpoint and lora_problem(checkpoint, config)
+    if problem:
+        raise ConfigError(f"{checkpoint} cannot be resumed with LORA_RANK={config['LORA_RANK']}: {problem}; or start "
+                          "afresh in another OUTPUT_DIR.")
     if "check" in flags:
         for note in skipped:
             print(note)
@@ -291,11 +300,12 @@ def check_plan(config, checkpoint):
         _, counts, _ = load_data(config, tokenizer, folder, sample=50_000)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = schedule(counts["train"]["examples"], config, world_size)
-    print(plan_text(config, counts, plan, static_memory(model, config["OPTIMIZER"]), checkpoint, world_size))
+    half = config["PRECISION"] != "fp32"
+    memory = static_memory(model, config["OPTIMIZER"], config["LORA_RANK"], lora_targets(config), half)
+    print(plan_text(config, counts, plan, memory, checkpoint, world_size))
     masking = masking_record(config, counts["train"])
     print(masking_text(masking))
     longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
-    half = config["PRECISION"] != "fp32"
     print("\n".join(memory_plan(model, config, half, longest)[0]))
     print("Ready: run the same command without --check to train.")
     record = plan_record(model, config, half, longest, world_size)
@@ -359,17 +369,25 @@ def leave_process_group():
 def load_model_and_data(config, checkpoint, args, precision_flags):
     """(tokenizer, model, datasets, counts, the validation file: for raw text the one masked once and
     kept in OUTPUT_DIR); the memory plan is printed before the weights load."""
+    import torch
+
     from data import load_data
-    from modeling import load_model, trim_model
+    from modeling import attach_lora, load_model, trim_model
     from restoration import Decoding
 
-    # A trimmed run resumes with the trimmed vocabulary its checkpoint holds.
-    name = checkpoint if config["TRIM_VOCAB"] and checkpoint else config["MODEL_NAME_OR_PATH"]
-    model_source = (name, checkpoint, config["TRAIN_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
+    # A trimmed run resumes with the trimmed vocabulary its checkpoint holds. A LoRA checkpoint holds
+    # only the adapters: its base is built again from MODEL_NAME_OR_PATH (and trimmed again).
+    lora = config["LORA_RANK"] > 0
+    if lora and checkpoint:
+        logger.info("Resuming the LoRA adapters of %s on %s, loaded again as the frozen base.", checkpoint,
+                    config["MODEL_NAME_OR_PATH"])
+    base_checkpoint = None if lora else checkpoint
+    name = base_checkpoint if config["TRIM_VOCAB"] and base_checkpoint else config["MODEL_NAME_OR_PATH"]
+    model_source = (name, base_checkpoint, config["TRAIN_FILE"], config["INPUT_COLUMN"], config["TARGET_COLUMN"],
                     config["SEED"])
-    trim = config["TRIM_VOCAB"] and not checkpoint
+    trim = config["TRIM_VOCAB"] and not base_checkpoint
     # Shapes only at first (the tiny model is built whole): the memory plan comes before loading.
-    tokenizer, model = load_model(*model_source, weights=trim or (name == TINY_MODEL and not checkpoint))
+    tokenizer, model = load_model(*model_source, weights=trim or (name == TINY_MODEL and not base_checkpoint))
     if trim:
         try:
             tokenizer, model = trim_model(tokenizer, model, config)
@@ -383,6 +401,17 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
     # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated.
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
              max_new_tokens=config["MAX_TARGET_LENGTH"]).save_to(model)
+    if lora:
+        if precision_flags["bf16"]:  # the frozen base in bf16 halves its memory; peft keeps the adapters in fp32
+            model = model.to(torch.bfloat16)
+        try:
+            model = attach_lora(model, config)
+        except ValueError as error:
+            raise ConfigError(f"LORA_TARGET_MODULES: {error}; choose among its linear layers.") from None
+        trainable, total = model.get_nb_trainable_parameters()
+        logger.info("LoRA rank %d on %s: %.2f M of %.1f M parameters are trained (%.2f%%).", config["LORA_RANK"],
+                    ", ".join(sorted(model.peft_config["default"].target_modules)), trainable / 1e6, total / 1e6,
+                    100 * trainable / total)
     return tokenizer, model, datasets_by_split, counts, valid_file
 
 
@@ -439,7 +468,8 @@ def ready_to_resume(config, trainer, checkpoint):
     resume_check = ResumeCheck(effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps *
                                args.world_size, processes=args.world_size,
                                max_steps=max_steps, learning_rate=config["LEARNING_RATE"],
-                               metric_for_best_model=args.metric_for_best_model, **data_facts(config))
+                               metric_for_best_model=args.metric_for_best_model, **data_facts(config),
+                               **base_facts(config, trainer.model))
     trainer.add_callback(resume_check)
     changed = checkpoint and resume_check.differences(checkpoint)
     if changed and config["RESUME_CHANGES"] == "refuse":
@@ -452,6 +482,18 @@ def ready_to_resume(config, trainer, checkpoint):
     if nothing_left:
         logger.info("Nothing to train: %s", nothing_left)
     return not nothing_left
+
+
+def base_facts(config, model):
+    """With LoRA: which frozen base the adapters were trained on (the name and a checksum of its
+    weights), since a resume loads it again from MODEL_NAME_OR_PATH."""
+    import torch
+
+    if not config["LORA_RANK"]:
+        return {}
+    with torch.no_grad():
+        checksum = sum(float(p.double().abs().sum()) for p in model.parameters() if not p.requires_grad)
+    return {"base_model": f"{config['MODEL_NAME_OR_PATH']} (weights checksum {checksum:.10g})"}
 
 
 def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, seconds):
