@@ -407,6 +407,8 @@ def model_card(config, counts, step, metrics):
     masking = (f" (raw text, masked while training with the terms of `{config['LEXICON_FILE']}`, "
                f"{'afresh every epoch' if config['FRESH_MASKS'] else 'the same masks every epoch'})"
                if config["LEXICON_FILE"] else "")
+    method = (f"LoRA rank {config['LORA_RANK']} on `{config['LORA_TARGET_MODULES']}`, merged into these weights (the "
+              "adapter alone is in `adapter/`)" if config.get("LORA_RANK") else "full fine-tuning")
     validation = (f"`{config['VALID_FILE']}`" if config["VALID_FILE"] else
                   f"`validation.jsonl` ({config['VALID_RATIO']:.0%} of the documents, held out and masked once)")
     return f"""# DomainFocus restoration model
@@ -416,6 +418,7 @@ A T5-family model fine-tuned by DomainFocus Trainer to restore masked or damaged
 
 * Base model: `{config['MODEL_NAME_OR_PATH']}`
 * Best evaluation: **{metric} {metrics.get(metric, float('nan')):.4f} at step {step}** (the weights in this folder)
+* Training: {method}
 * Training data: `{config['TRAIN_FILE']}`{masking}, validation data: {validation}
 
 ## Evaluation at step {step}

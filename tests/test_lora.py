@@ -59,6 +59,7 @@ def test_lora_checkpoints_are_small_resume_exactly_and_best_needs_no_peft(start_
     # restores exactly as the evaluation that chose it did.
     best = output / "best"
     assert (best / "model.safetensors").is_file() and (best / "adapter" / "adapter_config.json").is_file()
+    assert "LoRA rank 8 on" in (best / "README.md").read_text(encoding="utf-8")  # the model card says how
     record = json.loads((best / "best_model.json").read_text())
     result = subprocess.run([sys.executable, "-c", WITHOUT_PEFT, str(best), str(small_data[1]), "16"], cwd=ROOT,
                             capture_output=True, text=True, env=offline_environment(hf_home), timeout=300)
