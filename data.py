@@ -349,9 +349,13 @@ class MaskedExamples:
     def __len__(self):
         return len(self.pieces)
 
-    def masked(self, epoch, index):
+    def draw(self, epoch, index):
+        """prepare.Masker.example's result for example `index` in `epoch`: (example, spans, counts, terms)."""
         self.masker.reseed(f"{self.seed}:{epoch if self.fresh else 0}:{index}")
-        example = self.masker.example(self.pieces[index])[0]
+        return self.masker.example(self.pieces[index])
+
+    def masked(self, epoch, index):
+        example = self.draw(epoch, index)[0]
         return example["inputs"], example["targets"]
 
     def __getitem__(self, index):
@@ -397,13 +401,11 @@ def masked_counts(dataset, tokenizer, max_input_length, max_target_length, limit
     that occur in those examples."""
     indices = evenly(range(len(dataset)), limit)
     longest = heapq.nlargest(64, range(len(dataset)), key=dataset.lengths.__getitem__)
-    masker = dataset.masker
     masked = maskable = spans = term_spans = 0
     terms_seen = set()
     examples = []
     for index in indices + longest:
-        masker.reseed(f"{dataset.seed}:0:{index}")
-        example, chosen, (masked_here, maskable_here), found = masker.example(dataset.pieces[index])
+        example, chosen, (masked_here, maskable_here), found = dataset.draw(0, index)
         examples.append(example)
         if len(examples) <= len(indices):
             masked, maskable, spans = masked + masked_here, maskable + maskable_here, spans + len(chosen)
@@ -420,14 +422,21 @@ def masked_counts(dataset, tokenizer, max_input_length, max_target_length, limit
         "target_tokens": round(sum(batch["target_length"][:sample]) * scale),
         "longest_input": max(batch["length"], default=0), "longest_target": max(batch["target_length"], default=0),
         "sampled_examples": sample, "mask_rate": masked / max(maskable, 1), "term_span_share": term_spans / max(spans, 1),
-        "lexicon_terms": len(masker.lexicon.terms), "lexicon_coverage": len(terms_seen) / max(len(masker.lexicon.terms), 1),
+        "lexicon_terms": len(dataset.masker.lexicon.terms),
+        "lexicon_coverage": len(terms_seen) / max(len(dataset.masker.lexicon.terms), 1),
     }
 
 
 def write_examples(path, examples):
-    """Masked examples as JSON Lines, written beside `path` first and then renamed over it."""
+    """Masked examples as JSON Lines, written beside `path` first and then renamed over it; left
+    as it is when it already holds them (a resume), so the tokenization cache keyed by it stays valid."""
+    text = "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            if handle.read() == text:
+                return
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(example, ensure_ascii=False) + "\n" for example in examples)
+        handle.write(text)
     os.replace(path + ".tmp", path)
 
 
@@ -477,11 +486,6 @@ def load_data(config, tokenizer, folder, sample=2000):
     datasets_by_split, counts = load_tokenized({"validation": validation}, tokenizer, *columns, *limits)
     counts = {"train": train_counts, **counts}
     report_truncation(counts, {"train": config["TRAIN_FILE"], "validation": validation}, *limits)
-    logger.info("Masks drawn while training (%s): %d examples per epoch; in %d of them %.1f%% of the maskable "
-                "characters are masked, %.1f%% of the spans are lexicon terms, and %.1f%% of the %d terms occur.",
-                "new every epoch" if config["FRESH_MASKS"] else "the same every epoch", train_counts["examples"],
-                train_counts["sampled_examples"], 100 * train_counts["mask_rate"], 100 * train_counts["term_span_share"],
-                100 * train_counts["lexicon_coverage"], train_counts["lexicon_terms"])
     return {"train": train, **datasets_by_split}, counts, validation
 
 

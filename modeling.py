@@ -6,9 +6,11 @@ saving best/ and latest/. The Trainer itself is in trainer.py.
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 
-from settings import TINY_MODEL
+from settings import TINY_MODEL, ConfigError
 logger = logging.getLogger("domainfocus")
 
 
@@ -151,6 +153,57 @@ def checkpoint_problem(path):
     return None
 
 
+# What a run writes into OUTPUT_DIR besides its checkpoints (RESUME=None with OVERWRITE_OUTPUT_DIR clears them).
+OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png",
+                "validation.jsonl", "tensorboard")
+
+
+def find_checkpoint(config):
+    """(checkpoint to resume from or None for a fresh start, [skipped damaged checkpoints]).
+
+    Refuses to clobber a finished run."""
+    output_dir, resume = config["OUTPUT_DIR"], config["RESUME"]
+    if resume not in (None, "auto"):
+        problem = checkpoint_problem(resume) if os.path.isdir(resume) else "no such folder"
+        if problem:
+            raise ConfigError(f"RESUME={resume}: cannot resume from it ({problem}); use RESUME='auto' or another one.")
+        return resume, []
+    checkpoints = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = re.fullmatch(r"checkpoint-(\d+)", name)  # the Trainer's folder names
+            if match:
+                checkpoints.append((int(match.group(1)), os.path.join(output_dir, name)))
+    skipped = []
+    if resume == "auto":
+        for _, path in sorted(checkpoints, reverse=True):
+            problem = checkpoint_problem(path)
+            if not problem:
+                return path, skipped
+            skipped.append(f"Skipping {path}: {problem}; trying the one before it.")
+        # A fresh start here would overwrite best/ and mix two runs in metrics.jsonl.
+        earlier = [name for name in ("best", "latest", "metrics.jsonl") if os.path.exists(os.path.join(output_dir, name))]
+        if earlier:
+            damaged = "; ".join(f"{os.path.basename(path)}: {checkpoint_problem(path)}" for _, path in
+                                sorted(checkpoints, reverse=True)) or "none left"
+            raise ConfigError(f"OUTPUT_DIR={output_dir} holds an earlier run ({', '.join(earlier)}) but no checkpoint to "
+                              f"resume from (checkpoints skipped: {damaged}): to start over in it set RESUME=None and "
+                              "OVERWRITE_OUTPUT_DIR=True, or choose another OUTPUT_DIR.")
+        return None, skipped
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not config["OVERWRITE_OUTPUT_DIR"]:
+        raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "
+                          "choose another OUTPUT_DIR, or add --OVERWRITE_OUTPUT_DIR=True to start over.")
+    return None, []
+
+
+def clear_previous_run(output_dir):
+    """RESUME=None with OVERWRITE_OUTPUT_DIR: remove an earlier run's outputs, nothing else."""
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith("checkpoint") or name in OUTPUT_FILES:
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def nothing_left_to_train(checkpoint, max_steps, patience):
     """Why resuming `checkpoint` would train nothing (schedule done or stopped early), else None.
 
@@ -184,9 +237,12 @@ def model_saver(model, tokenizer):
     return save
 
 
-def attach_lora(model, config):
+def attach_lora(model, config, bf16=False):
     """LoRA adapters of LORA_RANK on the LORA_TARGET_MODULES layers that `model` has; every other
-    weight is frozen. After trimming (the adapters never see the dropped rows)."""
+    weight is frozen, in bf16 when `bf16` (peft keeps the adapters in fp32). After trimming (the
+    adapters never see the dropped rows). The returned model carries `base_checksum`, a checksum
+    of the base weights taken here, on the CPU before training moves them to a GPU."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     from settings import lora_targets
@@ -194,14 +250,31 @@ def attach_lora(model, config):
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [name for name in lora_targets(config) if name in present]
     if not targets:
-        raise ValueError(f"none of LORA_TARGET_MODULES={config['LORA_TARGET_MODULES']!r} is a layer of this model")
+        raise ConfigError(f"LORA_TARGET_MODULES: none of LORA_TARGET_MODULES={config['LORA_TARGET_MODULES']!r} is a "
+                          "layer of this model; choose among its linear layers.")
+    with torch.no_grad():
+        checksum = sum(float(parameter.abs().sum(dtype=torch.float64)) for parameter in model.parameters())
+    if bf16:  # the frozen base in bf16 halves its memory
+        model = model.to(torch.bfloat16)
     lora = LoraConfig(r=config["LORA_RANK"], lora_alpha=config["LORA_ALPHA"], lora_dropout=config["LORA_DROPOUT"],
                       target_modules=targets, task_type="SEQ_2_SEQ_LM")
     model = get_peft_model(model, lora)
     # Gradient checkpointing recomputes layers from their inputs; with the embeddings frozen those
     # inputs need requires_grad, or no gradient reaches the adapters.
     model.enable_input_require_grads()
+    model.base_checksum = checksum
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA rank %d on %s: %.2f M of %.1f M parameters are trained (%.2f%%).", config["LORA_RANK"],
+                ", ".join(sorted(targets)), trainable / 1e6, total / 1e6, 100 * trainable / total)
     return model
+
+
+def base_facts(config, model):
+    """With LoRA: which frozen base the adapters are trained on (its name and the checksum
+    attach_lora took), for the resume check: a resume loads the base again from MODEL_NAME_OR_PATH."""
+    checksum = getattr(model, "base_checksum", None)
+    return {} if checksum is None else {
+        "base_model": f"{config['MODEL_NAME_OR_PATH']} (weights checksum {checksum:.10g})"}
 
 
 def merged_model(peft_model):

@@ -227,6 +227,11 @@ def static_memory(model, optimizer, lora_rank=0, lora_targets=(), half=False):
     return {"weights": weights, "gradients": weights, "optimizer state": state, "total": 2 * weights + state}
 
 
+def planned_state(model, config, half):
+    """static_memory for the OPTIMIZER and LoRA settings of `config`."""
+    return static_memory(model, config["OPTIMIZER"], config["LORA_RANK"], lora_targets(config), half)
+
+
 def activation_bytes(model_config, batch, source, target, half, checkpointing):
     """An estimate of the activations one batch keeps for the backward pass (T5 / mT5 layout).
 
@@ -260,7 +265,7 @@ def gpu_memory(model, config, half=True, lengths=None):
     longest example, so the peak comes from the longest ones, never beyond the limits."""
     source, target = lengths or (config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     source, target = min(source, config["MAX_INPUT_LENGTH"]), min(target, config["MAX_TARGET_LENGTH"])
-    parts = dict(static_memory(model, config["OPTIMIZER"], config.get("LORA_RANK", 0), lora_targets(config), half))
+    parts = dict(planned_state(model, config, half))
     parts.pop("total")
     parts["activations"] = activation_bytes(model.config, config["PER_DEVICE_BATCH_SIZE"], source, target, half,
                                             config["GRADIENT_CHECKPOINTING"])
@@ -408,7 +413,7 @@ def model_card(config, counts, step, metrics):
                f"{'afresh every epoch' if config['FRESH_MASKS'] else 'the same masks every epoch'})"
                if config["LEXICON_FILE"] else "")
     method = (f"LoRA rank {config['LORA_RANK']} on `{config['LORA_TARGET_MODULES']}`, merged into these weights (the "
-              "adapter alone is in `adapter/`)" if config.get("LORA_RANK") else "full fine-tuning")
+              "adapter alone is in `adapter/`)" if config["LORA_RANK"] else "full fine-tuning")
     validation = (f"`{config['VALID_FILE']}`" if config["VALID_FILE"] else
                   f"`validation.jsonl` ({config['VALID_RATIO']:.0%} of the documents, held out and masked once)")
     return f"""# DomainFocus restoration model

@@ -87,18 +87,15 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 import time
 
-from modeling import checkpoint_problem, lora_problem
+from modeling import clear_previous_run, find_checkpoint, lora_problem
 from report import is_main_process, report_memory, setup_logging, write_json_atomically, write_text
-from settings import TINY_MODEL, ConfigError, check_config, lora_targets, metric_for_best_model, parse_value
+from settings import TINY_MODEL, ConfigError, check_config, metric_for_best_model, parse_value
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SAVE_FAILED = 2, 3, 4  # and 128 + signal number after an interrupt
-OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png",
-                "validation.jsonl")
 logger = logging.getLogger("domainfocus")
 
 
@@ -106,7 +103,7 @@ def default_config():
     """The constants block above, as a dict: the single source of every setting."""
     return {name: value for name, value in globals().items() if re.fullmatch(r"[A-Z][A-Z0-9_]*", name)
             and not name.startswith("EXIT_")
-            and name not in ("DEMO", "TINY_MODEL", "OUTPUT_FILES")}
+            and name not in ("DEMO", "TINY_MODEL")}
 
 
 def parse_arguments(argv, config):
@@ -144,52 +141,6 @@ def choose_precision(precision):
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
         logger.info("PRECISION='auto' chose %s.", precision)
     return {"fp16": False, "bf16": precision == "bf16"}
-
-
-def find_checkpoint(config):
-    """(checkpoint to resume from or None for a fresh start, [skipped damaged checkpoints]).
-
-    Refuses to clobber a finished run."""
-    output_dir, resume = config["OUTPUT_DIR"], config["RESUME"]
-    if resume not in (None, "auto"):
-        problem = checkpoint_problem(resume) if os.path.isdir(resume) else "no such folder"
-        if problem:
-            raise ConfigError(f"RESUME={resume}: cannot resume from it ({problem}); use RESUME='auto' or another one.")
-        return resume, []
-    checkpoints = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            match = re.fullmatch(r"checkpoint-(\d+)", name)  # the Trainer's folder names
-            if match:
-                checkpoints.append((int(match.group(1)), os.path.join(output_dir, name)))
-    skipped = []
-    if resume == "auto":
-        for _, path in sorted(checkpoints, reverse=True):
-            problem = checkpoint_problem(path)
-            if not problem:
-                return path, skipped
-            skipped.append(f"Skipping {path}: {problem}; trying the one before it.")
-        # A fresh start here would overwrite best/ and mix two runs in metrics.jsonl.
-        earlier = [name for name in ("best", "latest", "metrics.jsonl") if os.path.exists(os.path.join(output_dir, name))]
-        if earlier:
-            damaged = "; ".join(f"{os.path.basename(path)}: {checkpoint_problem(path)}" for _, path in
-                                sorted(checkpoints, reverse=True)) or "none left"
-            raise ConfigError(f"OUTPUT_DIR={output_dir} holds an earlier run ({', '.join(earlier)}) but no checkpoint to "
-                              f"resume from (checkpoints skipped: {damaged}): to start over in it set RESUME=None and "
-                              "OVERWRITE_OUTPUT_DIR=True, or choose another OUTPUT_DIR.")
-        return None, skipped
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not config["OVERWRITE_OUTPUT_DIR"]:
-        raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "
-                          "choose another OUTPUT_DIR, or add --OVERWRITE_OUTPUT_DIR=True to start over.")
-    return None, []
-
-
-def clear_previous_run(output_dir):
-    """RESUME=None with OVERWRITE_OUTPUT_DIR: remove an earlier run's outputs, nothing else."""
-    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        if name.startswith("checkpoint") or name in OUTPUT_FILES or name == "tensorboard":
-            path = os.path.join(output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def training_arguments(config, precision_flags):
@@ -290,7 +241,7 @@ def check_plan(config, checkpoint):
 
     from data import load_data
     from modeling import load_model
-    from report import masking_record, masking_text, memory_plan, plan_record, plan_text, schedule, static_memory
+    from report import masking_record, masking_text, memory_plan, plan_record, plan_text, planned_state, schedule
 
     setup_logging(None)
     choose_precision(config["PRECISION"])
@@ -301,8 +252,7 @@ def check_plan(config, checkpoint):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     plan = schedule(counts["train"]["examples"], config, world_size)
     half = config["PRECISION"] != "fp32"
-    memory = static_memory(model, config["OPTIMIZER"], config["LORA_RANK"], lora_targets(config), half)
-    print(plan_text(config, counts, plan, memory, checkpoint, world_size))
+    print(plan_text(config, counts, plan, planned_state(model, config, half), checkpoint, world_size))
     masking = masking_record(config, counts["train"])
     print(masking_text(masking))
     longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
@@ -369,10 +319,9 @@ def leave_process_group():
 def load_model_and_data(config, checkpoint, args, precision_flags):
     """(tokenizer, model, datasets, counts, the validation file: for raw text the one masked once and
     kept in OUTPUT_DIR); the memory plan is printed before the weights load."""
-    import torch
-
     from data import load_data
     from modeling import attach_lora, load_model, trim_model
+    from report import masking_record, masking_text
     from restoration import Decoding
 
     # A trimmed run resumes with the trimmed vocabulary its checkpoint holds. A LoRA checkpoint holds
@@ -395,6 +344,8 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
             raise ConfigError(f"TRIM_VOCAB=True: {error} Set TRIM_VOCAB=False for this model.") from None
     with args.main_process_first(desc="tokenizing"):  # under torchrun the others then read its cache
         datasets_by_split, counts, valid_file = load_data(config, tokenizer, config["OUTPUT_DIR"])
+    if "mask_rate" in counts["train"]:  # raw text: how the masks come out (--check prints the same line)
+        logger.info(masking_text(masking_record(config, counts["train"])).strip())
     report_memory(model, config, counts, precision_flags)
     if model.device.type == "meta":
         model = load_model(*model_source, tokenizer=tokenizer)[1]
@@ -402,16 +353,7 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
              max_new_tokens=config["MAX_TARGET_LENGTH"]).save_to(model)
     if lora:
-        if precision_flags["bf16"]:  # the frozen base in bf16 halves its memory; peft keeps the adapters in fp32
-            model = model.to(torch.bfloat16)
-        try:
-            model = attach_lora(model, config)
-        except ValueError as error:
-            raise ConfigError(f"LORA_TARGET_MODULES: {error}; choose among its linear layers.") from None
-        trainable, total = model.get_nb_trainable_parameters()
-        logger.info("LoRA rank %d on %s: %.2f M of %.1f M parameters are trained (%.2f%%).", config["LORA_RANK"],
-                    ", ".join(sorted(model.peft_config["default"].target_modules)), trainable / 1e6, total / 1e6,
-                    100 * trainable / total)
+        model = attach_lora(model, config, bf16=precision_flags["bf16"])
     return tokenizer, model, datasets_by_split, counts, valid_file
 
 
@@ -461,7 +403,7 @@ def ready_to_resume(config, trainer, checkpoint):
     False when the checkpoint has nothing left to train."""
     from callbacks import ResumeCheck
     from data import data_facts
-    from modeling import nothing_left_to_train
+    from modeling import base_facts, nothing_left_to_train
 
     args = trainer.args
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
@@ -482,18 +424,6 @@ def ready_to_resume(config, trainer, checkpoint):
     if nothing_left:
         logger.info("Nothing to train: %s", nothing_left)
     return not nothing_left
-
-
-def base_facts(config, model):
-    """With LoRA: which frozen base the adapters were trained on (the name and a checksum of its
-    weights), since a resume loads it again from MODEL_NAME_OR_PATH."""
-    import torch
-
-    if not config["LORA_RANK"]:
-        return {}
-    with torch.no_grad():
-        checksum = sum(float(p.double().abs().sum()) for p in model.parameters() if not p.requires_grad)
-    return {"base_model": f"{config['MODEL_NAME_OR_PATH']} (weights checksum {checksum:.10g})"}
 
 
 def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, seconds):

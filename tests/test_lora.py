@@ -150,3 +150,22 @@ def test_the_installed_peft_is_one_the_installed_transformers_accepts():
     from transformers.integrations.peft import MIN_PEFT_VERSION
 
     assert Version(peft.__version__) >= Version(MIN_PEFT_VERSION)
+
+
+def test_a_changed_base_is_told_apart_from_the_same_base_loaded_again(small_data):
+    """The resume check's base_model fact: equal for the base built again, different for another."""
+    import torch
+
+    import train as tool
+    from modeling import attach_lora, base_facts, build_tiny_t5
+
+    config = {**tool.default_config(), "LORA_RANK": 4, "MODEL_NAME_OR_PATH": "tiny-local-t5"}
+
+    def facts(change=0.0):
+        model = build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)[1]
+        with torch.no_grad():
+            model.shared.weight[0, 0] += change
+        return base_facts(config, attach_lora(model, config))
+
+    assert facts() == facts() and facts() != facts(0.01)
+    assert base_facts({**config, "LORA_RANK": 0}, build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)[1]) == {}
