@@ -37,9 +37,10 @@ Sections:
              order transformers' length grouping gives them, and shuffled as this tool does.
   restore    restoration of the validation examples by a trained model (--model, else the demo
              trained here first): greedy free-length against length-aware decoding with 1, 2, 4 and
-             8 beams and with the lexicon (every term masked in the training data); span_accuracy,
-             char_accuracy, exact_match and spans/s; the accuracy of spans above and below a
-             confidence of 0.5; and the same spans joined into 3,000-character lines (windows).
+             8 beams and with the lexicon (every term masked in the training data, alone and shuffled
+             among 20,000 others); span_accuracy, char_accuracy, exact_match and spans/s; the accuracy
+             of spans above and below a confidence of 0.5; and the same spans joined into
+             3,000-character lines, restored in windows of whole sentences.
   masking    (about 12 minutes) the same small raw corpus, tiny model and 120 s each: masked once
              by prepare.py, masked once while training (FRESH_MASKS=False), afresh every epoch,
              afresh with fresh noise, and afresh in a DataLoader worker; epochs reached, real
@@ -200,8 +201,8 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
 
     import train as tool
     from data import MaskingCollator, first_examples, load_data
-    from trainer import DomainFocusTrainer
     from restoration import Decoding, Restorer, from_sentinels
+    from trainer import DomainFocusTrainer, training_arguments
     from spans import RESTORATION_METRICS, restoration_metrics
 
     set_seed(42)
@@ -212,7 +213,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     if recipe != "tool":
         config["OPTIMIZER"] = "adamw_torch"
     config.update(settings or {})
-    args = tool.training_arguments(config, {"fp16": False, "bf16": torch.cuda.is_available()})
+    args = training_arguments(config, {"fp16": False, "bf16": torch.cuda.is_available()})
     args.eval_strategy = args.save_strategy = "no"  # evaluation is timed separately below
     args.eval_steps = args.save_steps = None
     args.max_steps = 10 ** 6  # the budget callback stops training
@@ -740,8 +741,10 @@ def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from data import first_examples
+    from lengths import source_length
     from restoration import Decoding, Restorer, from_markers, from_sentinels, target_lengths
     from spans import normalize, parse_spans, restoration_metrics
+    from windows import cut_windows
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
@@ -757,15 +760,17 @@ def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=
           f"lexicon of {len(lexicon)} terms from the training targets:\n")
     print("| decoding | span_accuracy | char_accuracy | exact_match | spans/s |")
     print("| --- | --- | --- | --- | --- |")
-    # And a large one: the same terms among 20,000 made of the training text's characters (fixed seed).
+    # And a large one: the same terms shuffled among 20,000 made of the training text's characters (fixed
+    # seed), so that no search can win by reading the file in order.
     rng = random.Random(0)
     characters = sorted({character for term in lexicon for character in term if not character.isspace()})
     large = lexicon + ["".join(rng.choices(characters, k=rng.randint(2, 8))) for _ in range(20_000)]
+    rng.shuffle(large)
     rows = [("greedy, free length", 1, False, ()), ("length-aware, greedy", 1, True, ()),
             ("length-aware, 2 beams", 2, True, ()), ("length-aware, 4 beams", 4, True, ()),
             ("length-aware, 8 beams", 8, True, ()), ("length-aware, 4 beams + lexicon", 4, True, lexicon),
             ("length-aware, 4 beams + lexicon in 20,000 terms", 4, True, large)]
-    spans_by_row = {}
+    spans_by_row, cut_searches = {}, 0
     for name, beams, aware, terms in rows:
         decoding = Decoding(num_beams=beams, length_aware=aware, max_input_length=saved.max_input_length,
                             max_new_tokens=saved.max_new_tokens)
@@ -778,6 +783,9 @@ def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=
         spans_by_row[name] = [span for result in results for span in result["spans"]]
         print(f"| {name} | {scores['span_accuracy']:.3f} | {scores['char_accuracy']:.3f} | "
               f"{scores['exact_match']:.3f} | {len(spans_by_row[name]) / seconds:.0f} |")
+        cut_searches += restorer.searches_cut
+    print(f"\nSpans whose lexicon search reached its safety limit (the choice then is not proven exact): "
+          f"{cut_searches}.")
     print(f"\nDoes confidence mean something? Spans of each setting split at confidence {threshold}:\n")
     print(f"| decoding | spans ≥ {threshold} | their accuracy | spans < {threshold} | their accuracy |")
     print("| --- | --- | --- | --- | --- |")
@@ -787,29 +795,33 @@ def bench_restore(model_folder, train_file, valid_file, examples=300, threshold=
         low = [ok for ok, span in zip(right, spans) if span["confidence"] is None or span["confidence"] < threshold]
         share = lambda values: f"{sum(values) / len(values):.3f}" if values else "-"  # noqa: E731
         print(f"| {name} | {len(high)} | {share(high)} | {len(low)} | {share(low)} |")
-    # Whole documents: the same examples as marker text joined into lines of about 3,000 characters.
+    # Whole documents: the same examples as marker text joined, a space between them, into lines of
+    # about 3,000 characters, restored with the windows the model's saved settings give.
     lines, line, truth = [], "", []
     for inputs, target in validation:
         spans = parse_spans(target)
-        line += re.sub(r"<extra_id_(\d+)>", lambda match: "□" * len("".join(spans.get(int(match.group(1)), "").split())),
-                       inputs)
+        line += (" " if line else "") + re.sub(r"<extra_id_(\d+)>", lambda match: "□" * source_length(
+            spans.get(int(match.group(1)), "")), inputs)
         truth += [normalize(text) for _, text in sorted(spans.items()) if text]
         if len(line) >= 3000:
             lines, line = lines + [line], ""
     lines += [line] if line else []
-    restorer = Restorer(model, tokenizer, Decoding(num_beams=4, max_input_length=saved.max_input_length,
-                                                   max_new_tokens=saved.max_new_tokens))
+    decoding = Decoding(num_beams=4, max_input_length=saved.max_input_length, max_new_tokens=saved.max_new_tokens,
+                        whole_tokens=saved.whole_tokens, window_tokens=saved.window_tokens)
+    restorer = Restorer(model, tokenizer, decoding)
+    windows = [window for text in lines for window in cut_windows(from_markers(text), tokenizer, decoding)]
     joined = [span for result in restorer.restore(lines) for span in result["spans"]]
     separate = spans_by_row["length-aware, 4 beams"]
-    exact_lengths = all(len("".join(span["text"].split())) == part.length for span, part in
+    exact_lengths = all(source_length(span["text"]) == part.length for span, part in
                         zip(joined, [part for text in lines for part in from_markers(text).spans]) if span["text"])
-    print(f"\nThe same spans as {len(lines)} lines of about 3,000 characters, restored in windows of "
-          f"{saved.max_input_length} tokens (length-aware, 4 beams): span_accuracy "
+    sizes = sorted(len(tokenizer(window.text)["input_ids"]) for window in windows)
+    print(f"\nThe same spans as {len(lines)} lines of about 3,000 characters, restored in {len(windows)} windows of "
+          f"whole sentences (window_tokens={saved.window_tokens}, whole_tokens={saved.whole_tokens}; median window "
+          f"{sizes[len(sizes) // 2]} tokens, largest {sizes[-1]}; length-aware, 4 beams): span_accuracy "
           f"{sum(normalize(span['text']) == want for span, want in zip(joined, truth)) / len(truth):.3f} against "
           f"{sum(normalize(span['text']) == want for span, want in zip(separate, wanted)) / len(wanted):.3f} one "
           f"example at a time; {sum(span['confidence'] is None for span in joined)} of {len(joined)} left marked; "
           f"every restored span of exactly its length: {exact_lengths}.")
-
 
 def main():
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks")

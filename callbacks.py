@@ -61,8 +61,8 @@ def save_atomically(save_function, target):
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def agree(args, value):
-    """The largest `value` over all processes (just `value` in a single process).
+def agree(args, value, total=False):
+    """The largest `value` over all processes, or with `total` their sum (just `value` in a single process).
 
     Under torchrun every process must stop at the same step, or the others wait forever in the
     next gradient all-reduce; every call site is one that all processes reach together.
@@ -73,7 +73,7 @@ def agree(args, value):
     import torch.distributed as dist
 
     tensor = torch.tensor([float(value)], device=args.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if total else dist.ReduceOp.MAX)
     return type(value)(tensor.item())
 
 
@@ -127,11 +127,14 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
     improve the best metric by more than `threshold` (an absolute difference). The first
     evaluation at or after `start_step` sets the reference. A NaN or infinite metric is never an
     improvement. The counter and the best value live in every checkpoint and survive a resume;
-    the constants given now win over the ones saved in the checkpoint. Under torchrun every
-    process decides on the main process's value, so they all stop at the same evaluation.
+    the constants given now win over the ones saved in the checkpoint. `evaluation` describes what
+    an evaluation measures (validation data, samples, beams, ...): a checkpoint evaluated otherwise,
+    like one with another metric, starts the comparison afresh, since its best value is not
+    comparable. Under torchrun every process decides on the main process's value, so they all stop
+    at the same evaluation.
     """
 
-    def __init__(self, start_step=6000, patience=5, threshold=0.001):
+    def __init__(self, start_step=6000, patience=5, threshold=0.001, evaluation=None):
         if start_step < 0 or patience < 1 or threshold < 0:
             raise ValueError("DelayedEarlyStopping needs start_step >= 0, patience >= 1 and threshold >= 0.")
         self.start_step = start_step
@@ -143,6 +146,7 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
         self.stop_reason = None
         self.metric_name = None
         self.greater_is_better = False
+        self.evaluation = evaluation
 
     def state(self):
         return {
@@ -152,6 +156,7 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
                 "best_metric": self.best_metric,
                 "best_step": self.best_step,
                 "metric_name": self.metric_name,
+                "evaluation": self.evaluation,
             },
         }
 
@@ -170,6 +175,10 @@ class DelayedEarlyStopping(TrainerCallback, ExportableState):
             logger.warning("Early stopping: METRIC_FOR_BEST_MODEL changed from %s (checkpoint) to %s; comparing "
                            "afresh on %s from the next evaluation.", attributes["metric_name"], self.metric_name,
                            self.metric_name)
+            return
+        if attributes.setdefault("evaluation", self.evaluation) != self.evaluation:
+            logger.warning("Early stopping: the evaluation changed since the checkpoint; comparing afresh on %s from "
+                           "the next evaluation.", self.metric_name)
             return
         for name, value in attributes.items():
             setattr(self, name, value)
@@ -351,13 +360,15 @@ class BestModelCallback(TrainerCallback):
     save) and is replaced only by a strictly better evaluation of the same metric than both that
     record and the Trainer's `state.best_metric` (still the previous best when this runs). So after
     a crash between writing best/ and the checkpoint, the resumed run, whose state knows only an
-    older best, cannot overwrite a better best/ with a worse model. A NaN never wins.
+    older best, cannot overwrite a better best/ with a worse model. A NaN never wins. A record of
+    another metric or another `evaluation` (see DelayedEarlyStopping) is not compared with.
     """
 
     RECORD = "best_model.json"
 
-    def __init__(self, folder, save_function, write_card=None):
+    def __init__(self, folder, save_function, write_card=None, evaluation=None):
         self.folder = folder
+        self.evaluation = evaluation
         self.save_function = save_function
         self.write_card = write_card  # write_card(folder, step, metrics) adds a model card to the save
         self.recorded = None  # {"metric", "value", "step"} of the weights in `folder`
@@ -373,11 +384,12 @@ class BestModelCallback(TrainerCallback):
         name = args.metric_for_best_model
         name = name if name.startswith("eval_") else "eval_" + name
         value = (metrics or {}).get(name)
-        recorded = self.recorded if self.recorded and self.recorded.get("metric") == name else None
+        recorded = self.recorded if self.recorded and self.recorded.get("metric") == name and self.recorded.get(
+            "evaluation", self.evaluation) == self.evaluation else None
         if not is_better(value, state.best_metric, args.greater_is_better) or (
                 recorded and not is_better(value, recorded["value"], args.greater_is_better)):
             return
-        record = {"metric": name, "value": value, "step": state.global_step}
+        record = {"metric": name, "value": value, "step": state.global_step, "evaluation": self.evaluation}
         if state.is_world_process_zero:
             def save(folder):
                 self.save_function(folder)
@@ -534,11 +546,14 @@ class NonFiniteGuard(TrainerCallback):
 class ResumeCheck(TrainerCallback, ExportableState):
     """Writes what a resume must match into every checkpoint: effective batch size, number of
     processes, a fingerprint of the training data (for raw text also the lexicons and each masking
-    constant), the total number of steps, the learning rate and the metric that picks best/ (a
-    change of it starts the best-model comparison afresh)."""
+    constant), the total number of steps, the learning rate, and what decides the evaluation (the
+    facts named in `evaluation`: the metric that picks best/, the validation data and the evaluation
+    settings). A changed evaluation starts the best-model comparison afresh: its figures are not
+    comparable with the checkpoint's."""
 
-    def __init__(self, **facts):
+    def __init__(self, evaluation=(), **facts):
         self.facts = facts
+        self.evaluation = evaluation
 
     def state(self):
         return {"args": {}, "attributes": {"facts": self.facts}}
@@ -551,12 +566,20 @@ class ResumeCheck(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         saved = (state.stateful_callbacks or {}).get(type(self).__name__, {}).get("attributes", {}).get("facts", {})
+        changed = [f"{name} {saved[name]} -> {self.facts[name]}" for name in self.evaluation
+                   if name in saved and saved[name] != self.facts.get(name)]
         metric = self.facts.get("metric_for_best_model")
-        if state.global_step and saved.get("metric_for_best_model", metric) != metric:
-            # The checkpoint's best value is of another metric (a loss is no accuracy): start afresh.
+        if state.global_step and changed:
+            # The checkpoint's best value is of another evaluation (a loss is no accuracy): start afresh.
             state.best_metric = state.best_global_step = state.best_model_checkpoint = None
-            logger.warning("METRIC_FOR_BEST_MODEL changed from %s (checkpoint) to %s: best/ is replaced by the next "
-                           "evaluation and compared on %s from then on.", saved["metric_for_best_model"], metric, metric)
+            if saved.get("metric_for_best_model", metric) != metric:
+                logger.warning("METRIC_FOR_BEST_MODEL changed from %s (checkpoint) to %s: best/ is replaced by the next "
+                               "evaluation and compared on %s from then on.", saved["metric_for_best_model"], metric,
+                               metric)
+            else:
+                logger.warning("The evaluation changed since the checkpoint (%s): its figures are not comparable, so "
+                               "best/ is replaced by the next evaluation and early stopping compares afresh from it.",
+                               "; ".join(changed))
         # A resumed TrainerState brings back the checkpoint's logging, evaluation and save
         # intervals; the constants as set now must win, as they do for early stopping.
         saved = {kind: getattr(state, f"{kind}_steps") for kind in ("logging", "eval", "save")}

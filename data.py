@@ -366,26 +366,32 @@ class MaskedExamples:
 class MaskingCollator:
     """Tokenizes the (inputs, targets) of MaskedExamples per batch, then pads like the prepared
     data's collator (dynamic padding, labels padded with -100). Tokenized features (the validation
-    set) are padded as they are. Truncation is counted and reported, never silent."""
+    set) are padded as they are. Truncation is counted, never silent: each batch carries the number
+    of its examples cut ("truncated", which the Trainer takes out before the model sees the batch),
+    so the count reaches the training process from data-loader workers too."""
 
     def __init__(self, tokenizer, pad, max_input_length, max_target_length):
         self.tokenizer, self.pad = tokenizer, pad
         self.max_input_length, self.max_target_length = max_input_length, max_target_length
-        self.truncated = 0
+        self.warned = False
 
     def __call__(self, examples):
+        import torch
+
         if not isinstance(examples[0], tuple):
             return self.pad(examples)
         batch = tokenize_batch({"inputs": [inputs for inputs, _ in examples], "targets": [t for _, t in examples]},
                                self.tokenizer, "inputs", "targets", self.max_input_length, self.max_target_length)
-        truncated = sum(batch["input_truncated"]) + sum(batch["target_truncated"])
-        if truncated and not self.truncated:
+        truncated = sum(map(max, batch["input_truncated"], batch["target_truncated"]))
+        if truncated and not self.warned:
             logger.warning("Masked examples longer than MAX_INPUT_LENGTH=%d or MAX_TARGET_LENGTH=%d tokens are being "
                            "truncated; raise the limits or lower MAX_CHARS (--check estimates how many).",
                            self.max_input_length, self.max_target_length)
-        self.truncated += truncated
-        return self.pad([{"input_ids": ids, "attention_mask": mask, "labels": labels} for ids, mask, labels
-                         in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])])
+            self.warned = True
+        padded = self.pad([{"input_ids": ids, "attention_mask": mask, "labels": labels} for ids, mask, labels
+                           in zip(batch["input_ids"], batch["attention_mask"], batch["labels"])])
+        padded["truncated"] = torch.tensor(truncated)
+        return padded
 
 
 def evenly(items, limit):
@@ -497,6 +503,17 @@ def data_facts(config):
     files = [file_fingerprint(config[name]) for name in ("TRAIN_FILE", "LEXICON_FILE", "HARD_LEXICON_FILE")
              if config[name]]
     return {"training_data": "+".join(files), **{name: config[name] for name in MASKING_CONSTANTS}}
+
+
+# The constants that decide what an evaluation measures, besides the metric: figures taken with
+# others are not comparable (a change on resume is reported, and best/ is compared afresh).
+EVALUATION_CONSTANTS = ("GEN_EVAL_SAMPLES", "NUM_BEAMS", "MAX_INPUT_LENGTH", "MAX_TARGET_LENGTH", "SEED")
+
+
+def evaluation_facts(config, valid_file):
+    """What the figures of an evaluation depend on: the validation examples (the file evaluated, for
+    raw text the one masked once) and the evaluation constants, named as the resume check reports them."""
+    return {"validation_data": file_fingerprint(valid_file), **{name.lower(): config[name] for name in EVALUATION_CONSTANTS}}
 
 
 # The constants that decide the masks of a raw-text run (a change on resume is reported).

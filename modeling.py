@@ -59,6 +59,44 @@ def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000
     return tokenizer, T5ForConditionalGeneration(config)
 
 
+def build_tiny_mt5(texts, folder, seed=0, vocab_size=4000, d_model=64):
+    """A tiny model shaped like published mT5, written to `folder` as a model folder that loads with
+    from_pretrained: a SentencePiece unigram tokenizer with mT5's NFKC normalisation (`℃` is written
+    `°C`), multi-character pieces and no byte fallback (characters it has not seen are <unk>), a gated
+    feed-forward, and an LM head of its own with "tie_word_embeddings": false in config.json. Built
+    from `texts` in seconds; the tests and bench.py use it to check what holds for real mT5 users."""
+    import io
+
+    import sentencepiece
+    import torch
+    from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
+
+    model_file = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model_file, vocab_size=vocab_size, hard_vocab_limit=False,
+        model_type="unigram", character_coverage=0.9995, normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, num_threads=1, minloglevel=2, max_sentence_length=100000)
+    with tempfile.TemporaryDirectory() as scratch:  # the SentencePiece model alone, as published mT5 ships it
+        with open(os.path.join(scratch, "spiece.model"), "wb") as handle:
+            handle.write(model_file.getvalue())
+        tokenizer = T5Tokenizer.from_pretrained(scratch)
+    torch.manual_seed(seed)
+    config = MT5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=2, num_heads=4,
+                       feed_forward_proj="gated-gelu", decoder_start_token_id=tokenizer.pad_token_id,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = MT5ForConditionalGeneration(config)
+    # A head of its own, initialised as Mesh TensorFlow's T5 v1.1 and mT5 heads are (std d_model ** -0.5).
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * d_model ** -0.5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    with open(path, "w", encoding="utf-8") as handle:  # as published mT5 says it
+        json.dump({**saved, "tie_word_embeddings": False}, handle, indent=2)
+    return folder
+
+
 def load_model(name, checkpoint, train_file, input_column, target_column, seed, weights=True, tokenizer=None):
     """Tokenizer and model from a hub name or folder; TINY_MODEL builds (or, resuming, reloads) the tiny T5.
 
@@ -241,7 +279,9 @@ def attach_lora(model, config, bf16=False):
     """LoRA adapters of LORA_RANK on the LORA_TARGET_MODULES layers that `model` has; every other
     weight is frozen, in bf16 when `bf16` (peft keeps the adapters in fp32). After trimming (the
     adapters never see the dropped rows). The returned model carries `base_checksum`, a checksum
-    of the base weights taken here, on the CPU before training moves them to a GPU."""
+    of the base weights taken here, on the CPU before training moves them to a GPU, and with bf16
+    `full_precision_base`: the base weights as loaded, kept on the CPU so that best/ and latest/ merge
+    the adapters into them and not into their bf16 rounding (4 bytes of host memory per parameter)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -254,7 +294,9 @@ def attach_lora(model, config, bf16=False):
                           "layer of this model; choose among its linear layers.")
     with torch.no_grad():
         checksum = sum(float(parameter.abs().sum(dtype=torch.float64)) for parameter in model.parameters())
+    full_precision = None
     if bf16:  # the frozen base in bf16 halves its memory
+        full_precision = {name: tensor.detach() for name, tensor in model.state_dict().items()}
         model = model.to(torch.bfloat16)
     lora = LoraConfig(r=config["LORA_RANK"], lora_alpha=config["LORA_ALPHA"], lora_dropout=config["LORA_DROPOUT"],
                       target_modules=targets, task_type="SEQ_2_SEQ_LM")
@@ -263,6 +305,7 @@ def attach_lora(model, config, bf16=False):
     # inputs need requires_grad, or no gradient reaches the adapters.
     model.enable_input_require_grads()
     model.base_checksum = checksum
+    model.full_precision_base = full_precision
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("LoRA rank %d on %s: %.2f M of %.1f M parameters are trained (%.2f%%).", config["LORA_RANK"],
                 ", ".join(sorted(targets)), trainable / 1e6, total / 1e6, 100 * trainable / total)
@@ -280,25 +323,36 @@ def base_facts(config, model):
 def merged_model(peft_model):
     """A plain model (no peft needed to load it) holding the base weights with the adapters added
     in, on the CPU in fp32, without touching the model being trained. (peft's merge_and_unload
-    changes the trained model in place, and unmerging after a save would add rounding drift.)"""
+    changes the trained model in place, and unmerging after a save would add rounding drift.)
+    The base weights are the ones loaded, also where training keeps a bf16 copy, and an LM head of
+    its own (mT5, T5 v1.1) stays its own: built from a config, transformers 5 ties it to the embedding."""
     import torch
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForSeq2SeqLM
 
     base = peft_model.get_base_model()
+    loaded = getattr(peft_model, "full_precision_base", None) or {}
+
+    def original(name, tensor):
+        return loaded[name].float().cpu() if name in loaded else tensor.detach().float().cpu()
+
     state = {}
     with torch.no_grad():
         for name, module in base.named_modules():
             if isinstance(module, LoraLayer):
-                weight = module.base_layer.weight
-                state[f"{name}.weight"] = weight.float().cpu() + module.get_delta_weight("default").float().cpu()
+                weight = original(f"{name}.weight", module.base_layer.weight)
+                state[f"{name}.weight"] = weight + module.get_delta_weight("default").float().cpu()
         for name, tensor in base.state_dict().items():
             if "lora_" not in name:
-                state.setdefault(name.replace(".base_layer.", "."), tensor.detach().float().cpu())
+                name = name.replace(".base_layer.", ".")
+                state.setdefault(name, original(name, tensor))
     with torch.device("meta"):
         plain = AutoModelForSeq2SeqLM.from_config(base.config)
-    plain.load_state_dict(state, assign=True)
-    plain.tie_weights()
+    plain.load_state_dict(state, assign=True, strict=False)
+    untied = base.get_output_embeddings().weight is not base.get_input_embeddings().weight
+    plain.tie_weights()  # the embeddings of encoder and decoder are the shared one, as in the base
+    if untied:
+        plain.get_output_embeddings().weight = torch.nn.Parameter(state["lm_head.weight"])
     plain.generation_config = base.generation_config
     return plain
 
@@ -324,6 +378,17 @@ def lora_problem(checkpoint, config):
     if now[0] != before[0] or now[1] != before[1] or not set(before[2]) <= set(now[2]):
         return (f"its adapters have LORA_RANK={before[0]}, LORA_ALPHA={before[1]:g} on {','.join(before[2])}; "
                 f"set those to resume it")
+    return None
+
+
+def adapter_problem(checkpoint, model):
+    """Why the adapters of `checkpoint` do not fit the layers `model` (a fresh peft model) adapts, else
+    None: their weights load only into the same layers."""
+    with open(os.path.join(checkpoint, "adapter_config.json"), encoding="utf-8") as handle:
+        saved = sorted(json.load(handle)["target_modules"])
+    adapted = sorted(model.peft_config["default"].target_modules)
+    if saved != adapted:
+        return f"its adapters are on {','.join(saved)}, not on {','.join(adapted)}: set LORA_TARGET_MODULES={','.join(saved)!r}"
     return None
 
 

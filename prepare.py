@@ -26,7 +26,7 @@ import re
 import sys
 import unicodedata
 
-from spans import MAX_SENTINELS, SENTENCE_END, build_targets, sentinel
+from spans import MAX_SPANS, SENTENCE_END, build_targets, sentinel
 
 # Unicode punctuation (categories P*) of the Basic Multilingual Plane, as one character class:
 # regular expressions test it in C, a hundred times faster than unicodedata per character.
@@ -202,11 +202,11 @@ class Masker:
         for start, end in terms_found:
             term = text[start:end]
             probability = self.hard_probability if term in self.lexicon.hard else self.term_probability
-            if len(spans) < MAX_SENTINELS and maskable(term) and free(start, end) and rng.random() < probability:
+            if len(spans) < MAX_SPANS and maskable(term) and free(start, end) and rng.random() < probability:
                 take(start, end, True)
         units = [match.span() for match in UNIT.finditer(text)]
         attempts = 4 * len(units)
-        while masked < budget and len(spans) < MAX_SENTINELS and attempts > 0 and units:
+        while masked < budget and len(spans) < MAX_SPANS and attempts > 0 and units:
             attempts -= 1
             first = rng.randrange(len(units))
             last = min(first + rng.randint(1, self.max_span), len(units)) - 1

@@ -483,8 +483,10 @@ def run_record(config, flags, checkpoint, counts, world_size):
     }
 
 
-def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, diverged=None):
-    """The closing lines of every run: what happened, where everything is, how to go on."""
+def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, diverged=None,
+              truncated=0, lengths=(None, None)):
+    """The closing lines of every run: what happened, where everything is, how to go on. `truncated`:
+    raw-text examples cut to the token limits `lengths` (input, target) in this run."""
     state = trainer.state
     if diverged:
         reason = diverged
@@ -504,6 +506,10 @@ def summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_
         logger.info("No evaluation has run yet, so there is no best/ model; latest/ holds the current weights.")
     if saved_latest:
         logger.info("Latest weights (step %d) -> %s", state.global_step, os.path.join(output_dir, "latest"))
+    if truncated:
+        logger.warning("%d masked training examples of this run were truncated to MAX_INPUT_LENGTH=%d or "
+                       "MAX_TARGET_LENGTH=%d tokens; raise the limits or lower MAX_CHARS to keep them whole.", truncated,
+                       *lengths)
     logger.info("Curves: %s; checkpoints, metrics.jsonl, train.log and run_config.json are in %s.",
                 os.path.join(output_dir, "training_curves.png"), output_dir)
     launcher = ["python"] if trainer.args.world_size == 1 else ["torchrun", f"--nproc_per_node={trainer.args.world_size}"]

@@ -202,6 +202,9 @@ def main(argv=None):
             handle.close()
     print(f"Restored {len(examples)} texts -> {options.output}: {counts['restored']} spans restored, "
           f"{counts['left marked']} left marked, {counts['flagged for review']} flagged for review.", file=sys.stderr)
+    if restorer.searches_cut:
+        print(f"{restorer.searches_cut} spans reached the lexicon search's limit: their restoration is the best "
+              "candidate found, not proven the best of the lexicon.", file=sys.stderr)
     if scored_targets:
         metrics = restoration_metrics(scored_predictions, scored_targets)
         print(json.dumps({"examples": len(scored_targets), **{k: round(v, 4) for k, v in metrics.items()}}))
@@ -212,6 +215,7 @@ def tally(counts, result):
     for span in result["spans"]:
         counts["restored" if span["confidence"] is not None else "left marked"] += 1
         counts["flagged for review"] += span["review"]
+    counts["flagged for review"] += result.get("review", False)  # a text-to-text rewrite cut short
 
 
 if __name__ == "__main__":

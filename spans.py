@@ -15,6 +15,7 @@ import unicodedata
 SENTINEL = re.compile(r"<extra_id_(\d+)>")
 RESTORATION_METRICS = ("eval_span_accuracy", "eval_char_accuracy", "eval_exact_match")  # as logged in evaluation
 MAX_SENTINELS = 100  # T5 and mT5 tokenizers define <extra_id_0> ... <extra_id_99>
+MAX_SPANS = MAX_SENTINELS - 1  # spans of one example: the targets' closing sentinel needs a number too
 SPECIAL_TOKENS = re.compile(r"<pad>|</s>")
 SENTENCE_END = re.compile(r"[。！？!?；;\n]|\.(?=\s|$)")  # where prepare.py cuts examples and restoration cuts windows
 

@@ -83,8 +83,10 @@ DEMO = dict(
 )
 
 import difflib
+import hashlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -126,65 +128,6 @@ def parse_arguments(argv, config):
             raise ConfigError(f"--{name}: unknown constant{hint}")
         config[name] = parse_value(name, text, default_config()[name])
     return config, flags
-
-
-def choose_precision(precision):
-    """Map PRECISION to Trainer flags: bf16 where supported, fp16 only when asked, else fp32."""
-    import torch
-
-    if precision == "fp16":
-        if not torch.cuda.is_available():
-            raise ConfigError("PRECISION='fp16' needs a CUDA GPU; use 'auto' or 'fp32'.")
-        logger.warning("PRECISION='fp16': T5 and mT5 overflow in fp16 and the loss often turns NaN; prefer 'bf16'.")
-        return {"fp16": True, "bf16": False}
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-        logger.info("PRECISION='auto' chose %s.", precision)
-    return {"fp16": False, "bf16": precision == "bf16"}
-
-
-def training_arguments(config, precision_flags):
-    import torch
-    from transformers import Seq2SeqTrainingArguments
-
-    on_gpu = torch.cuda.is_available()
-    return Seq2SeqTrainingArguments(
-        output_dir=config["OUTPUT_DIR"],
-        per_device_train_batch_size=config["PER_DEVICE_BATCH_SIZE"],
-        per_device_eval_batch_size=config["PER_DEVICE_BATCH_SIZE"] * 2,
-        gradient_accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"],
-        optim={"adamw_8bit": "adamw_bnb_8bit"}.get(config["OPTIMIZER"], config["OPTIMIZER"]),
-        learning_rate=config["LEARNING_RATE"],
-        lr_scheduler_type=config["LR_SCHEDULER"],
-        warmup_steps=config["WARMUP_STEPS"],
-        num_train_epochs=config["NUM_EPOCHS"],
-        max_steps=config["MAX_STEPS"],
-        eval_strategy="steps",
-        eval_steps=config["EVAL_STEPS"],
-        save_strategy="steps",
-        save_steps=config["SAVE_STEPS"],
-        save_total_limit=config["SAVE_TOTAL_LIMIT"],
-        logging_steps=config["LOGGING_STEPS"],
-        metric_for_best_model=metric_for_best_model(config),
-        greater_is_better=metric_for_best_model(config) != "eval_loss",
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
-        activation_checkpointing=config["GRADIENT_CHECKPOINTING"] and on_gpu,
-        dataloader_num_workers=config["DATALOADER_WORKERS"],
-        dataloader_pin_memory=on_gpu,
-        torch_compile=config["TORCH_COMPILE"],
-        # T5 accepts but ignores the token count that this option passes to it, so with it on, every
-        # loss under torchrun came out multiplied by the number of processes (transformers 5.23).
-        average_tokens_across_devices=False,
-        ddp_find_unused_parameters=False,  # T5 uses every parameter in every step
-        use_cpu=not on_gpu,  # also makes torchrun on a CPU-only machine run as several processes (gloo)
-        seed=config["SEED"],
-        report_to=["tensorboard"] if config["TENSORBOARD"] else "none",  # local files only, no telemetry
-        disable_tqdm=True,  # SafeDetailedProgressCallback prints the progress
-        logging_nan_inf_filter=False,  # a NaN loss must show, not be replaced by an average
-        predict_with_generate=False,
-        **precision_flags,
-    )
 
 
 def main(argv):
@@ -244,6 +187,8 @@ def check_plan(config, checkpoint):
     from report import masking_record, masking_text, memory_plan, plan_record, plan_text, planned_state, schedule
 
     setup_logging(None)
+    from trainer import choose_precision
+
     choose_precision(config["PRECISION"])
     tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
                                   config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"], weights=False)
@@ -270,7 +215,9 @@ def train(config, flags, checkpoint, interrupt):
     from transformers import set_seed
 
     from callbacks import recover_interrupted_saves
+    from data import evaluation_facts
     from report import run_record
+    from trainer import choose_precision, training_arguments
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
@@ -285,13 +232,14 @@ def train(config, flags, checkpoint, interrupt):
     tokenizer, model, datasets_by_split, counts, valid_file = load_model_and_data(config, checkpoint, args,
                                                                                   precision_flags)
     # 3. Trainer and the DomainFocus callbacks.
+    evaluation = {"metric_for_best_model": args.metric_for_best_model, **evaluation_facts(config, valid_file)}
     trainer, save_model, early_stopping = build_trainer(config, args, tokenizer, model, datasets_by_split, counts,
-                                                        valid_file, interrupt)
+                                                        valid_file, interrupt, evaluation)
     logger.info("Training %s on %d examples (%d for evaluation), effective batch %d, on %s.",
                 config["MODEL_NAME_OR_PATH"], counts["train"]["examples"], counts["validation"]["examples"],
                 args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
                 "GPU" if torch.cuda.is_available() else "CPU")
-    if not ready_to_resume(config, trainer, checkpoint):
+    if not ready_to_resume(config, trainer, checkpoint, evaluation):
         leave_process_group()
         return 0
     if args.should_save:
@@ -320,7 +268,7 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
     """(tokenizer, model, datasets, counts, the validation file: for raw text the one masked once and
     kept in OUTPUT_DIR); the memory plan is printed before the weights load."""
     from data import load_data
-    from modeling import attach_lora, load_model, trim_model
+    from modeling import adapter_problem, attach_lora, load_model, trim_model
     from report import masking_record, masking_text
     from restoration import Decoding
 
@@ -349,17 +297,25 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
     report_memory(model, config, counts, precision_flags)
     if model.device.type == "meta":
         model = load_model(*model_source, tokenizer=tokenizer)[1]
-    # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated.
+    # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated,
+    # and cuts long documents into windows the size of the training inputs.
+    train = counts["train"]
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
-             max_new_tokens=config["MAX_TARGET_LENGTH"]).save_to(model)
+             max_new_tokens=config["MAX_TARGET_LENGTH"], whole_tokens=train["longest_input"],
+             window_tokens=math.ceil(train["input_tokens"] / max(train["examples"], 1))).save_to(model)
     if lora:
         model = attach_lora(model, config, bf16=precision_flags["bf16"])
+        problem = checkpoint and adapter_problem(checkpoint, model)
+        if problem:
+            raise ConfigError(f"{checkpoint} cannot be resumed with LORA_TARGET_MODULES="
+                              f"{config['LORA_TARGET_MODULES']!r}: {problem}; or start afresh in another OUTPUT_DIR.")
     return tokenizer, model, datasets_by_split, counts, valid_file
 
 
-def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, valid_file, interrupt):
+def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, valid_file, interrupt, evaluation):
     """(DomainFocusTrainer with the DomainFocus callbacks, the function that saves best/ and latest/,
-    the DelayedEarlyStopping among those callbacks)."""
+    the DelayedEarlyStopping among those callbacks). `evaluation`: what decides an evaluation's figures;
+    early stopping and best/ compare only figures of the same."""
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback
 
@@ -376,8 +332,9 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, val
     if isinstance(datasets_by_split["train"], MaskedExamples):  # raw text: masked and tokenized batch by batch
         collator = MaskingCollator(tokenizer, collator, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     guard = NonFiniteGuard(config["MAX_NONFINITE_STEPS"])
+    key = hashlib.sha256(json.dumps(evaluation, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     early_stopping = DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], config["EARLY_STOPPING_PATIENCE"],
-                                          config["EARLY_STOPPING_THRESHOLD"])
+                                          config["EARLY_STOPPING_THRESHOLD"], evaluation=key)
     trainer = DomainFocusTrainer(
         model=model, args=args, train_dataset=datasets_by_split["train"],
         eval_dataset=datasets_by_split["validation"], processing_class=tokenizer,
@@ -392,13 +349,13 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, val
     trainer.remove_callback(PrinterCallback)
     save_model = model_saver(trainer.model, tokenizer)
     trainer.add_callback(BestModelCallback(
-        os.path.join(output_dir, "best"), save_model,
+        os.path.join(output_dir, "best"), save_model, evaluation=key,
         write_card=lambda folder, step, metrics: write_text(os.path.join(folder, "README.md"),
                                                             model_card(config, counts, step, metrics))))
     return trainer, save_model, early_stopping
 
 
-def ready_to_resume(config, trainer, checkpoint):
+def ready_to_resume(config, trainer, checkpoint, evaluation):
     """Record what a later resume must match; report (or refuse) what changed since `checkpoint`.
     False when the checkpoint has nothing left to train."""
     from callbacks import ResumeCheck
@@ -409,9 +366,8 @@ def ready_to_resume(config, trainer, checkpoint):
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     resume_check = ResumeCheck(effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps *
                                args.world_size, processes=args.world_size,
-                               max_steps=max_steps, learning_rate=config["LEARNING_RATE"],
-                               metric_for_best_model=args.metric_for_best_model, **data_facts(config),
-                               **base_facts(config, trainer.model))
+                               max_steps=max_steps, learning_rate=config["LEARNING_RATE"], **data_facts(config),
+                               **base_facts(config, trainer.model), evaluation=tuple(evaluation), **evaluation)
     trainer.add_callback(resume_check)
     changed = checkpoint and resume_check.differences(checkpoint)
     if changed and config["RESUME_CHANGES"] == "refuse":
@@ -430,7 +386,7 @@ def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, s
     """latest/, the curves and the summary after training; returns the exit code."""
     import torch
 
-    from callbacks import save_atomically
+    from callbacks import agree, save_atomically
     from report import plot_run, summarize
 
     args, output_dir, guard = trainer.args, config["OUTPUT_DIR"], trainer.guard
@@ -444,7 +400,9 @@ def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, s
     if args.should_save and os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
         plot_run(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)
     start_step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and re.search(r"-\d+$", checkpoint) else 0
-    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, guard.stop_reason)
+    truncated = agree(args, trainer.truncated_examples, total=True)
+    summarize(trainer, early_stopping, interrupt, output_dir, start_step, saved_latest, seconds, guard.stop_reason,
+              truncated, (config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"]))
     if guard.stop_reason:
         logger.error("Training diverged; best/ is untouched%s. Likely causes: fp16 overflow, which T5 and mT5 are "
                      "prone to (use PRECISION='bf16' or 'fp32'), or a learning rate too high (lower LEARNING_RATE, "

@@ -1,21 +1,79 @@
-"""The Trainer of train.py: Seq2SeqTrainer plus restoration metrics, shuffled length-grouped batches
+"""The Trainer of train.py: its arguments from the constants, Seq2SeqTrainer plus restoration metrics, shuffled length-grouped batches
 that a resume continues exactly, the NaN guard's hooks, the loss of a progress line kept across an
 interrupt, and saves that fail in one line. Imported when training starts (transformers is slow to
 import, and mistakes in the constants or data are reported before that).
 """
 
+import logging
 import os
 import shutil
 
 import torch
-from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from callbacks import SaveFailed, write_error
 from data import MaskedExamples
+from settings import ConfigError, metric_for_best_model
 from restoration import Decoding, Restorer, from_sentinels, target_lengths
 from spans import SENTINEL, restoration_metrics
+
+logger = logging.getLogger("domainfocus")
+
+
+def choose_precision(precision):
+    """Map PRECISION to Trainer flags: bf16 where supported, fp16 only when asked, else fp32."""
+    if precision == "fp16":
+        if not torch.cuda.is_available():
+            raise ConfigError("PRECISION='fp16' needs a CUDA GPU; use 'auto' or 'fp32'.")
+        logger.warning("PRECISION='fp16': T5 and mT5 overflow in fp16 and the loss often turns NaN; prefer 'bf16'.")
+        return {"fp16": True, "bf16": False}
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        logger.info("PRECISION='auto' chose %s.", precision)
+    return {"fp16": False, "bf16": precision == "bf16"}
+
+
+def training_arguments(config, precision_flags):
+    on_gpu = torch.cuda.is_available()
+    return Seq2SeqTrainingArguments(
+        output_dir=config["OUTPUT_DIR"],
+        per_device_train_batch_size=config["PER_DEVICE_BATCH_SIZE"],
+        per_device_eval_batch_size=config["PER_DEVICE_BATCH_SIZE"] * 2,
+        gradient_accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"],
+        optim={"adamw_8bit": "adamw_bnb_8bit"}.get(config["OPTIMIZER"], config["OPTIMIZER"]),
+        learning_rate=config["LEARNING_RATE"],
+        lr_scheduler_type=config["LR_SCHEDULER"],
+        warmup_steps=config["WARMUP_STEPS"],
+        num_train_epochs=config["NUM_EPOCHS"],
+        max_steps=config["MAX_STEPS"],
+        eval_strategy="steps",
+        eval_steps=config["EVAL_STEPS"],
+        save_strategy="steps",
+        save_steps=config["SAVE_STEPS"],
+        save_total_limit=config["SAVE_TOTAL_LIMIT"],
+        logging_steps=config["LOGGING_STEPS"],
+        metric_for_best_model=metric_for_best_model(config),
+        greater_is_better=metric_for_best_model(config) != "eval_loss",
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        activation_checkpointing=config["GRADIENT_CHECKPOINTING"] and on_gpu,
+        dataloader_num_workers=config["DATALOADER_WORKERS"],
+        dataloader_pin_memory=on_gpu,
+        torch_compile=config["TORCH_COMPILE"],
+        # T5 accepts but ignores the token count that this option passes to it, so with it on, every
+        # loss under torchrun came out multiplied by the number of processes (transformers 5.23).
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,  # T5 uses every parameter in every step
+        use_cpu=not on_gpu,  # also makes torchrun on a CPU-only machine run as several processes (gloo)
+        seed=config["SEED"],
+        report_to=["tensorboard"] if config["TENSORBOARD"] else "none",  # local files only, no telemetry
+        disable_tqdm=True,  # SafeDetailedProgressCallback prints the progress
+        logging_nan_inf_filter=False,  # a NaN loss must show, not be replaced by an average
+        predict_with_generate=False,
+        **precision_flags,
+    )
 
 
 def length_list(dataset):
@@ -107,9 +165,11 @@ class DomainFocusTrainer(Seq2SeqTrainer):
         self.generation_examples = generation_examples
         self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
         self.restorer = None  # built at the first evaluation, kept while the model is the same
+        self.truncated_examples = 0  # raw text: masked examples cut to the length limits in this process
         self.add_callback(LossWindow(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self.truncated_examples += int(inputs.pop("truncated", 0))  # data.MaskingCollator's count, not for the model
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.guard and self.args.fp16:  # elsewhere the gradient norm tells, without a sync per micro-batch
             self.guard.loss_seen(loss)

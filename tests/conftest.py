@@ -5,6 +5,7 @@ Run the suite with:  python -m pytest tests
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -98,6 +99,71 @@ def finished_run(tmp_path_factory, small_data, hf_home):
     result = run_train_process(tiny_run_arguments(small_data, output), hf_home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output, result
+
+
+# --- an mT5-shaped model and template-heavy clinical text, as real users have them -------------
+
+CLINICAL_CASES = [  # disease, symptom, drug, examination
+    ("急性心肌梗死", "胸骨后压榨性疼痛", "阿司匹林", "心电图"), ("社区获得性肺炎", "发热伴咳嗽咳痰", "头孢曲松", "胸部X线"),
+    ("Ⅱ型糖尿病", "多饮多尿", "二甲双胍", "糖化血红蛋白"), ("原发性高血压", "头晕头痛", "氨氯地平", "动态血压监测"),
+    ("缺血性脑卒中", "一侧肢体无力", "阿替普酶", "头颅CT"), ("慢性阻塞性肺疾病", "活动后气促", "噻托溴铵", "肺功能检查"),
+    ("急性阑尾炎", "转移性右下腹痛", "头孢呋辛", "腹部超声"), ("缺铁性贫血", "面色苍白乏力", "硫酸亚铁", "血清铁蛋白"),
+    ("Ⅲ度房室传导阻滞", "黑矇晕厥", "异丙肾上腺素", "动态心电图"), ("焦虑障碍", "失眠心悸", "苯二氮䓬类", "焦虑量表"),
+]
+RARE_CASE = ("鱻龘病", "鱻龘样皮疹", "鱻龘素", "鱻龘试验")  # too rare for the vocabulary: <unk> to mT5's tokenizer
+CLINICAL_TEMPLATES = [
+    "患者{sex}，{age}岁，因{symptom}{days}天入院。查体：体温{temperature}℃，血压{pressure}mmHg。",
+    "入院诊断：{disease}。予{drug}{dose}㎎口服，每日{times}次。",
+    "既往Ⅱ型糖尿病病史{years}年，NYHA心功能Ⅲ级，否认药物过敏史。",
+    "复查{exam}提示{disease}，建议继续{drug}治疗，{days}天后门诊随访。",
+    "出院医嘱：{drug}½片，每日{times}次；如有{symptom}，及时就诊！",
+    "{disease}患者常表现为{symptom}，首选检查为{exam}。",
+    "（{year}年{month}月）体温{temperature}℃，予{drug}{dose}㎎静脉滴注，{symptom}缓解。",
+]
+
+
+def clinical_sentences(count=2400, seed=0):
+    """Template-heavy clinical notes with the compatibility characters real notes carry (℃ ㎎ Ⅱ Ⅲ ½),
+    full-width punctuation, rare characters and many sentences that repeat word for word."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        disease, symptom, drug, exam = RARE_CASE if rng.random() < 0.002 else rng.choice(CLINICAL_CASES)
+        lines.append(rng.choice(CLINICAL_TEMPLATES).format(
+            sex=rng.choice("男女"), age=rng.randint(18, 90), symptom=symptom, days=rng.randint(1, 14),
+            temperature=rng.choice(["36.8", "37.5", "38.5", "39.2"]), pressure=rng.choice(["120/80", "140/90", "160/95"]),
+            disease=disease, drug=drug, dose=rng.choice([5, 10, 20, 40]), times=rng.randint(1, 3),
+            years=rng.randint(1, 20), exam=exam, year=rng.randint(2019, 2026), month=rng.randint(1, 12)))
+    return lines
+
+
+def clinical_lexicon():
+    return sorted({term for case in CLINICAL_CASES for term in case})
+
+
+@pytest.fixture(scope="session")
+def mt5_folder(tmp_path_factory):
+    """A tiny mT5-shaped model folder (NFKC SentencePiece, multi-character pieces, <unk> for unseen
+    characters, an untied LM head), built in seconds from clinical notes and the demo corpus."""
+    from modeling import build_tiny_mt5
+
+    texts = clinical_sentences() + (ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    return build_tiny_mt5(texts, str(tmp_path_factory.mktemp("mt5") / "model"))
+
+
+@pytest.fixture(scope="session")
+def clinical_data(tmp_path_factory):
+    """train.jsonl / valid.jsonl masked from the clinical notes by prepare.py's rules (lexicon terms whole)."""
+    from prepare import Lexicon, Masker
+
+    folder = tmp_path_factory.mktemp("clinical")
+    masker = Masker(Lexicon(clinical_lexicon(), []), 0.6, 0.7, 0.22, 3, 0.0, 0)
+    sentences = list(dict.fromkeys(clinical_sentences(seed=1)))  # distinct sentences, split by content
+    files = []
+    for name, part in (("train", sentences[:-60]), ("valid", sentences[-60:])):
+        examples = [json.dumps(masker.example(sentence)[0], ensure_ascii=False) for sentence in part]
+        files.append(write_lines(folder / f"{name}.jsonl", examples))
+    return tuple(files)
 
 
 # --- checks on what a run left behind ----------------------------------------------------------

@@ -2,6 +2,7 @@
 the same after an interrupt, and a validation set that never changes."""
 
 import json
+import re
 import signal
 import sys
 
@@ -143,6 +144,15 @@ def test_check_reports_the_masking(run_train, tmp_path, raw_data, small_data):
     prepared = run_train(["--check", *tiny_run_arguments(small_data, tmp_path / "prepared")])
     record = json.loads(prepared.stdout.strip().splitlines()[-1])
     assert record["masking"] == "prepared" and record["examples_per_epoch"] == 300
+
+
+def test_truncated_masked_examples_are_counted_and_reported(run_train, tmp_path, raw_data):
+    """Also when a data-loader worker process draws and tokenizes them."""
+    result = run_train(raw_arguments(raw_data, tmp_path / "out", MAX_INPUT_LENGTH=24, MAX_STEPS=4, EVAL_STEPS=4,
+                                     SAVE_STEPS=4, GEN_EVAL_SAMPLES=2, DATALOADER_WORKERS=1))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counted = re.search(r"(\d+) masked training examples of this run were truncated to MAX_INPUT_LENGTH=24", result.stdout)
+    assert counted and 0 < int(counted.group(1)) <= 4 * 8
 
 
 @pytest.mark.parametrize("overrides, message", [

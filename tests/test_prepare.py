@@ -117,3 +117,12 @@ def test_masking_properties(pieces, seed, mask_rate):
         assert not any(unicodedata.category(char).startswith("P") for char in span)
         assert span == span.strip()
         assert span in lexicon.terms if is_term else len(UNIT.findall(span)) <= 3
+
+
+def test_an_example_never_has_more_spans_than_sentinels_can_close():
+    """99 spans at most: the targets close with <extra_id_99>; a 100th would need <extra_id_100>, no token."""
+    terms = [f"术语{chr(0x4E00 + number)}" for number in range(200)]
+    masker = Masker(Lexicon(terms, []), 1.0, 1.0, 0.9, 3, 0.0, 0)
+    example, spans, _, _ = masker.example("，".join(terms) + "。")
+    assert len(spans) == 99 and example["targets"].endswith("<extra_id_99>")
+    assert check_sentinels(example["inputs"], example["targets"]) is None

@@ -52,8 +52,8 @@ def forced_generation(restorer, span_texts):
         tokens.append(int(table.sentinel_ids[len(span_texts)]))
     tokens.append(restorer.tokenizer.eos_token_id)
 
-    def generate(input_ids=None, num_return_sequences=1, **kwargs):
-        return torch.tensor([tokens] * (input_ids.shape[0] * num_return_sequences))
+    def generate(attention_mask=None, num_return_sequences=1, **kwargs):
+        return torch.tensor([tokens] * (attention_mask.shape[0] * num_return_sequences))
 
     return generate
 
@@ -119,11 +119,13 @@ def test_jsonl_lengths_are_honoured(restorer):
 def test_a_known_length_masks_what_would_overshoot_and_any_length_does_not(restorer):
     import torch
 
-    from restoration import SpanConstraint, TokenTable, from_markers
+    from constraint import SpanConstraint, TokenTable
+    from restoration import from_markers
 
     assert [span.length for span in from_markers("患者因□入院，给予□□治疗。", any_length=True).spans] == [None, None]
     table = TokenTable(restorer.tokenizer, restorer.model.config.vocab_size)
-    one = next(token for token in range(len(restorer.tokenizer)) if table.characters[token] == 1)
+    one = next(token for token in range(len(restorer.tokenizer))
+               if table.characters[token] == 1 and token != restorer.tokenizer.unk_token_id)
     two = next(token for token in range(len(restorer.tokenizer)) if table.characters[token] == 2)
     start, opening, closing = 0, int(table.sentinel_ids[0]), int(table.sentinel_ids[1])
     written = torch.tensor([[start, opening, one], [start, opening, one]])  # one character of the span so far
@@ -146,10 +148,12 @@ def test_bad_lengths_in_jsonl_are_a_one_line_error(finished_run, tmp_path, hf_ho
 # --- 3. whole documents of any length ----------------------------------------------------------------
 
 def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exactly_its_length(restorer):
-    from restoration import cut_windows, from_markers
+    from restoration import from_markers
+    from spans import SENTENCE_END
+    from windows import cut_windows
 
     sentences = [json.loads(line)["inputs"] for line in (ROOT / "demo" / "valid.jsonl").read_text().splitlines()]
-    plain = SENTINEL.sub("", "".join(sentences))[:3000]
+    plain = SENTINEL.sub("", " ".join(sentences))[:3000]
     positions = sorted(range(60, 2950, 72))[:40]
     pieces, previous = [], 0
     for number, position in enumerate(positions):
@@ -164,8 +168,14 @@ def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exa
     assert all(len(restorer.tokenizer(window.text)["input_ids"]) <= restorer.decoding.max_input_length
                for window in windows)
     assert sum(len(window.spans) for window in windows) == 40  # each span restored once
-    for window in windows:  # with undamaged context on both sides, up to the neighbouring gaps
-        assert len(window.text.split("<extra_id_0>")[0]) >= 5 and len(SENTINEL.split(window.text)[-1]) >= 5
+    size = restorer.decoding.window_tokens
+    for window in windows:  # whole sentences, about the size of a training example, never a fragment
+        markers = iter(span.marker for span in window.spans)
+        text = SENTINEL.sub(lambda match: next(markers), window.text)
+        start = line.index(text)
+        assert start == 0 or SENTENCE_END.match(line, start - 1) or SENTENCE_END.match(line, start - 2)
+        assert start + len(text) == len(line) or SENTENCE_END.search(text.rstrip()[-1:] + " ")
+        assert len(restorer.tokenizer(window.text)["input_ids"]) <= size or len(SENTENCE_END.findall(text)) <= 1
     [result] = restorer.restore([line])
     assert len(result["spans"]) == 40
     assert [characters(span["text"]) for span in result["spans"]] == [1 + number % 6 for number in range(40)]
@@ -191,6 +201,27 @@ def test_paragraphs_are_one_document_and_keep_their_line_breaks(finished_run, tm
     assert [record["inputs"] for record in records] == ["患者因□□□□□□\n入院，首选检查为□□□。", "第二段□□治疗。"]
     assert records[0]["restored"].startswith("患者因") and "\n入院，首选检查为" in records[0]["restored"]
     assert len(records[0]["spans"]) == 2
+
+
+def test_a_text_without_gaps_is_rewritten_in_sentence_windows_and_a_cut_rewrite_is_flagged(restorer, monkeypatch):
+    """Text-to-text inputs: a long text is cut at sentence ends to fit the model's input, never
+    truncated; an output that the token budget ended before </s> is flagged, not passed as whole."""
+    import torch
+
+    from restoration import from_sentinels
+    from spans import SENTENCE_END
+    from windows import Cutter, plain_pieces
+
+    long_text = " ".join((ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:60])
+    pieces = plain_pieces(long_text, Cutter(restorer.tokenizer, restorer.decoding))
+    assert len(pieces) > 1 and "".join(before + piece for before, piece in pieces) == long_text
+    assert all(len(restorer.tokenizer(piece)["input_ids"]) <= restorer.decoding.max_input_length for _, piece in pieces)
+    assert all(SENTENCE_END.match(piece[-1] + " ") for _, piece in pieces)  # whole sentences
+    endless = restorer.tokenizer("心电图" * 40, add_special_tokens=False)["input_ids"][:restorer.decoding.max_new_tokens]
+    monkeypatch.setattr(restorer.model, "generate", lambda attention_mask=None, **kwargs: torch.tensor(
+        [[0] + endless] * attention_mask.shape[0]))
+    [result] = restorer.restore_documents([from_sentinels("患者出現胸痛症伏。")])
+    assert result["review"] and "max_new_tokens" in result["reason"] and result["restored"].startswith("心电图")
 
 
 # --- 4. confidence and alternatives --------------------------------------------------------------
@@ -254,8 +285,12 @@ def test_jsonl_with_targets_is_restored_and_scored_exactly_like_the_training_eva
     assert (saved["num_beams"], saved["max_input_length"], saved["max_new_tokens"]) == (4, 128, 64)
     from restoration import Decoding, Restorer
 
-    assert Restorer.load(str(output_dir / "best"), device="cpu").decoding == Decoding(
-        num_beams=4, length_aware=True, max_input_length=128, max_new_tokens=64)
+    restorer = Restorer.load(str(output_dir / "best"), device="cpu")
+    # Windows of long documents are sized like the training inputs: the longest is restored whole.
+    inputs = [json.loads(line)["inputs"] for line in small_data[0].read_text(encoding="utf-8").splitlines()]
+    tokens = [len(ids) for ids in restorer.tokenizer(inputs)["input_ids"]]
+    assert restorer.decoding == Decoding(num_beams=4, length_aware=True, max_input_length=128, max_new_tokens=64,
+                                         whole_tokens=max(tokens), window_tokens=math.ceil(sum(tokens) / len(tokens)))
     # The same examples that the training run scored at each evaluation (GEN_EVAL_SAMPLES=16).
     subset = tmp_path / "subset.jsonl"
     subset.write_text("\n".join(small_data[1].read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8")

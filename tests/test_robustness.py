@@ -274,6 +274,24 @@ def test_a_changed_metric_for_best_model_is_reported_and_compared_afresh(run_tra
     assert record["metric"] == "eval_span_accuracy" and record["step"] == 30
 
 
+def test_a_changed_evaluation_is_reported_and_early_stopping_and_best_compare_afresh(run_train, finished_run,
+                                                                                      tmp_path, small_data):
+    """Fewer beams or other validation data change what span_accuracy means: figures from before are
+    not comparable, so early stopping and best/ start over from the next evaluation."""
+    output = copy_of(finished_run, tmp_path)
+    changes = dict(NUM_BEAMS=2, GEN_EVAL_SAMPLES=8, MAX_STEPS=30)
+    refused = run_train(tiny_run_arguments(small_data, output, RESUME_CHANGES="refuse", **changes))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "num_beams 4 -> 2" in refused.stderr and "gen_eval_samples 16 -> 8" in refused.stderr
+    warned = run_train(tiny_run_arguments(small_data, output, **changes))
+    assert warned.returncode == 0, warned.stdout[-3000:] + warned.stderr[-3000:]
+    assert "The evaluation changed since the checkpoint (gen_eval_samples 16 -> 8; num_beams 4 -> 2)" in warned.stdout
+    assert "Early stopping: the evaluation changed since the checkpoint" in warned.stdout
+    assert "Early stopping: active from now on; reference eval_loss" in warned.stdout
+    record = json.loads((output / "best" / "best_model.json").read_text())
+    assert record["step"] == 30  # the first evaluation of the new kind takes best/, better or not
+
+
 def test_two_processes_split_the_restorations_of_an_evaluation_and_agree_with_one(run_train, tmp_path, small_data,
                                                                                   hf_home):
     """Under torchrun each process restores half of GEN_EVAL_SAMPLES; the gathered metrics equal

@@ -224,11 +224,12 @@ def test_shuffled_batch_order_keeps_every_batch_whole():
 
 def test_speed_knob_constants_reach_the_trainer(tmp_path):
     import train
+    import trainer
 
     config = {**train.default_config(), "OUTPUT_DIR": str(tmp_path), "TORCH_COMPILE": True, "DATALOADER_WORKERS": 2}
-    args = train.training_arguments(config, {})
+    args = trainer.training_arguments(config, {})
     assert args.torch_compile and args.torch_compile_backend == "inductor" and args.dataloader_num_workers == 2
-    assert not train.training_arguments({**config, "TORCH_COMPILE": False}, {}).torch_compile
+    assert not trainer.training_arguments({**config, "TORCH_COMPILE": False}, {}).torch_compile
 
 
 def test_knob_benchmark_measures_speed_after_the_compiling_steps():

@@ -1,0 +1,152 @@
+"""How many lost characters a restored text fills, when the tokenizer writes NFKC-normalised text.
+
+A marker stands for one character of the source as it was written. T5's and mT5's SentencePiece
+tokenizers normalise with NFKC, so the model can write `°C` but never `℃`, `mg` but never `㎎`,
+`II` but never `Ⅱ`. The rule, shared by decoding, evaluation and restore.py:
+
+* A text's source length is its number of characters after NFC composition, whitespace not counted.
+* A generated text fills `n` lost characters when it can be read as `n` source characters: each of
+  its characters counts one, except that a run which is the NFKC image of one compatibility
+  character of FOLDABLE_RANGES (`°C` of `℃`, `mg` of `㎎`, `II` of `Ⅱ`, `1⁄2` of `½`) may count one in all.
+  A run only folds where it stands apart from letters (or digits) on each side, so that `HIV`,
+  `vitamin` or `1.5` never fold.
+* The restored text shows the compatibility character where the length needs the fold (`38.5℃`
+  for five lost characters, `38.5°C` for six).
+* `<unk>` (characters the vocabulary cannot write) fills any number of lost characters; a span that
+  holds one is shown with markers for what it could not write and flagged for review.
+"""
+
+import dataclasses
+import functools
+import unicodedata
+
+# Compatibility characters that clinical text writes and whose NFKC image is several characters:
+# fractions (½ ⅓), punctuation (… ‥ ‼), symbols (℃ ℉ № ™ ℡), Roman numerals (Ⅱ ⅳ), parenthesized
+# Chinese numerals (㈠ ... ㈩) and the squared units of CJK compatibility (㎎ ㎏ ㎖ ㏄ ㎡ ㎪ ㏈).
+# Squared abbreviations that spell ordinary words (㏌ "in", ㍲ "da", ㏒ "log") are left out: every
+# such word would become ambiguous, and so are enclosed numbers (⑩ "10", ㏠ "1日", ⒈ "1.").
+FOLDABLE_RANGES = ((0x00BC, 0x00BE), (0x2025, 0x2026), (0x203C, 0x203C), (0x2047, 0x2049), (0x2103, 0x2103),
+                   (0x2109, 0x2109), (0x2116, 0x2116), (0x2121, 0x2122), (0x2150, 0x215F), (0x2160, 0x217F),
+                   (0x3220, 0x3229), (0x3380, 0x33AC), (0x33B0, 0x33C1), (0x33C3, 0x33C4), (0x33C8, 0x33C9),
+                   (0x33D9, 0x33D9), (0x33DE, 0x33DF))
+UNKNOWN = "\x00"  # stands for <unk> in a text being measured
+
+
+def source_length(text):
+    """Characters as a reader counts them: NFC-composed, whitespace not counted."""
+    return len("".join(unicodedata.normalize("NFC", text).split()))
+
+
+@functools.cache
+def foldable():
+    """{NFKC image (whitespace removed): the compatibility character it comes from}."""
+    images = {}
+    for first, last in FOLDABLE_RANGES:
+        for code in range(first, last + 1):
+            image = "".join(unicodedata.normalize("NFKC", chr(code)).split())
+            if len(image) >= 2:
+                images.setdefault(image, chr(code))
+    return images
+
+
+@functools.cache
+def images_by_first_character():
+    by_first = {}
+    for image in foldable():
+        by_first.setdefault(image[0], []).append(image)
+    return by_first
+
+
+@functools.cache
+def image_prefixes():
+    """Every proper prefix of an image: what a text may end with when an image continues in the next token."""
+    return {image[:end] for image in foldable() for end in range(1, len(image))}
+
+
+def kind(character):
+    return "letter" if character.isalpha() and character.isascii() else "digit" if character.isdigit() else None
+
+
+def touches(first, second):
+    return kind(first) is not None and kind(first) == kind(second)
+
+
+def stands_apart(text, start, end):
+    """A run text[start:end] folds only where no letter touches a letter (or digit a digit) at its edges."""
+    left = start > 0 and touches(text[start - 1], text[start])
+    return not (left or end < len(text) and touches(text[end - 1], text[end]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """The source lengths a generated text can stand for."""
+
+    counts: frozenset  # exact source lengths it can be read as, an <unk> counted as nothing
+    open_ended: bool  # it holds <unk>: any length from min(counts) up
+    pending: tuple  # the ends of it that start an image the next token may complete (standing apart on the left)
+
+    @property
+    def lowest(self):
+        return min(self.counts)
+
+    def fits(self, length):
+        return length in self.counts or (self.open_ended and length >= self.lowest)
+
+
+def matches(text, position, image):
+    """`image` written at text[position:], an <unk> standing for any of its characters."""
+    piece = text[position:position + len(image)]
+    return len(piece) == len(image) and all(have in (want, UNKNOWN) for have, want in zip(piece, image))
+
+
+def read(text):
+    """The Reading of `text` (generated, NFKC); whitespace counts nothing and no image crosses it;
+    UNKNOWN marks an <unk>."""
+    reachable = [set() for _ in range(len(text) + 1)]
+    reachable[0].add(0)
+    by_first = images_by_first_character()
+    for position, character in enumerate(text):
+        if not reachable[position]:
+            continue
+        if character.isspace():
+            reachable[position + 1].update(reachable[position])
+            continue
+        if character == UNKNOWN:  # it may even stand for part of an image folded with its neighbours
+            reachable[position + 1].update(reachable[position])
+        reachable[position + 1].update(count + 1 for count in reachable[position])
+        for image in by_first.get(character, ()) if character != UNKNOWN else foldable():
+            end = position + len(image)
+            if matches(text, position, image) and stands_apart(text, position, end):
+                reachable[end].update(count + 1 for count in reachable[position])
+    prefixes = image_prefixes()
+    pending = tuple(text[start:] for start in range(max(len(text) - 6, 0), len(text))
+                    if text[start:] in prefixes and not (start > 0 and touches(text[start - 1], text[start])))
+    return Reading(frozenset(reachable[-1]), UNKNOWN in text, pending)
+
+
+def lowest_count(text):
+    """The fewest source characters `text` can stand for (whole images folded)."""
+    return read(text).lowest
+
+
+def shown(text, length):
+    """`text` as the restoration shows it for `length` lost characters: with the fewest folds that
+    make its source length `length` (`38.5°C` -> `38.5℃` for 5), or as it is when it needs no fold
+    or none fits."""
+    if length is None or source_length(text) == length or UNKNOWN in text:
+        return text
+    images, by_first = foldable(), images_by_first_character()
+    # best[i][count]: the fewest folds reading text[:i] as `count` source characters, and how.
+    best = [dict() for _ in range(len(text) + 1)]
+    best[0][0] = (0, "")
+    for position, character in enumerate(text):
+        for count, (folds, written) in best[position].items():
+            steps = [(position + 1, character, 0 if character.isspace() else 1, 0)]
+            steps += [(position + len(image), images[image], 1, 1) for image in by_first.get(character, ())
+                      if text.startswith(image, position) and stands_apart(text, position, position + len(image))]
+            for end, piece, counted, fold in steps:
+                known = best[end].get(count + counted)
+                if known is None or known[0] > folds + fold:
+                    best[end][count + counted] = (folds + fold, written + piece)
+    chosen = best[-1].get(length)
+    return text if chosen is None else chosen[1]
