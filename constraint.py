@@ -10,7 +10,7 @@ Written by hand because transformers 5 dropped constrained decoding (`force_word
 import bisect
 import re
 
-from lengths import UNKNOWN, lowest_count, read
+from lengths import KINDS, UNKNOWN, kind, lowest_count, read
 from spans import MAX_SENTINELS, SENTINEL, sentinel
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -20,8 +20,10 @@ EXCLUDED, BLANK = -1, 0  # what TokenTable.characters holds for a token never in
 class TokenTable:
     """What each token id writes into a span: its text (SentencePiece's "▁" as a space, <unk> as
     lengths.UNKNOWN), its characters without whitespace (`characters`, EXCLUDED for tokens that never
-    belong in a span: padding, end, sentinels, byte pieces) and the fewest lost characters it can fill
-    (`lowest`: `°C` or `mg` fill one)."""
+    belong in a span: padding, end, sentinels, byte pieces), the fewest lost characters it can fill
+    (`lowest`: `°C` or `mg` fill one; `lowest_touched` after a character of the kind it starts with,
+    as `g` before `mg` keeps it from folding) and what it starts with (`kinds`: an index of
+    lengths.KINDS)."""
 
     def __init__(self, tokenizer, vocabulary_size):
         import torch
@@ -30,7 +32,7 @@ class TokenTable:
         excluded = {tokenizer.pad_token_id, tokenizer.eos_token_id, *tokenizer.all_special_ids}
         excluded.discard(tokenizer.unk_token_id)
         self.texts = []
-        characters, lowest = [], []
+        characters, lowest, touched, kinds = [], [], [], []
         for token, piece in enumerate(pieces):
             if token == tokenizer.unk_token_id:
                 text = UNKNOWN
@@ -43,10 +45,16 @@ class TokenTable:
             # <unk> writes at least one character, though in a reading it may complete an image with
             # what follows (`<unk>C` can be ℃ when the vocabulary lacks °), so it counts one here.
             lowest.append(EXCLUDED if text is None else 1 if text == UNKNOWN else lowest_count(text))
+            touched.append(EXCLUDED if text is None else 1 if text == UNKNOWN else lowest_count(text, touched=True))
+            kinds.append(KINDS.index(kind(text[0])) if text else 0)
         self.characters = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)
         self.characters[:len(characters)] = torch.tensor(characters, dtype=torch.long)
         self.lowest = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)
         self.lowest[:len(lowest)] = torch.tensor(lowest, dtype=torch.long)
+        self.lowest_touched = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)  # after a character alike
+        self.lowest_touched[:len(touched)] = torch.tensor(touched, dtype=torch.long)
+        self.kinds = torch.zeros(vocabulary_size, dtype=torch.long)
+        self.kinds[:len(kinds)] = torch.tensor(kinds, dtype=torch.long)
         self.sentinel_ids = torch.tensor(tokenizer.convert_tokens_to_ids([sentinel(k) for k in range(MAX_SENTINELS)]))
         self.sentinel_number = torch.full((vocabulary_size,), -1, dtype=torch.long)
         self.sentinel_number[self.sentinel_ids] = torch.arange(MAX_SENTINELS)
@@ -54,10 +62,11 @@ class TokenTable:
         self.unk = tokenizer.unk_token_id
         # Tokens that may continue an image across a token boundary ("°" then "C"), by their text.
         self.starts = sorted((text, token) for token, text in enumerate(self.texts) if text and not text[0].isspace())
-        self.continuations = {}  # pending image start -> (token ids, how many characters folding may save)
+        self.continuations = {}  # an image's start -> (token ids, the fewest characters each adds)
+        self.completions = {}  # the end of an image -> whether tokens can write it
 
     def to(self, device):
-        for name in ("characters", "lowest", "sentinel_ids", "sentinel_number"):
+        for name in ("characters", "lowest", "lowest_touched", "kinds", "sentinel_ids", "sentinel_number"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -65,32 +74,56 @@ class TokenTable:
         """What the tokens write, as lengths.read expects it."""
         return "".join(self.texts[token] or "" for token in tokens)
 
-    def continuation(self, pending):
-        """(token ids, savings) for the tokens that can complete an image that one of the strings in
-        `pending` (lengths.Reading.pending) starts: folding that image can make the text count up to
-        `savings` fewer characters than its parts."""
-        if pending not in self.continuations:
-            from lengths import foldable
+    def continuation(self, begun):
+        """The tokens that continue an image whose first characters `begun` end the text so far (`°`
+        then `C`), with the fewest characters the image and the rest of the token then add: tensors
+        (token ids, characters added). A token that would keep the image from folding (a letter right
+        after `mm`) is not among them."""
+        if begun not in self.continuations:
+            import torch
 
-            savings = {}
-            for begun in pending:
-                for image in foldable():
-                    if not image.startswith(begun) or len(image) == len(begun):
-                        continue
-                    rest = image[len(begun):]
-                    start = bisect.bisect_left(self.starts, (rest,))
-                    while start < len(self.starts) and self.starts[start][0].startswith(rest):
-                        token = self.starts[start][1]
-                        savings[token] = max(savings.get(token, 0), len(image) - 1)
-                        start += 1
-                    for end in range(1, len(rest)):  # a token wholly inside the image
-                        start = bisect.bisect_left(self.starts, (rest[:end],))
-                        while start < len(self.starts) and self.starts[start][0] == rest[:end]:
-                            token = self.starts[start][1]
-                            savings[token] = max(savings.get(token, 0), len(begun) + end)
-                            start += 1
-            self.continuations[pending] = (list(savings), list(savings.values()))
-        return self.continuations[pending]
+            from lengths import PLACEHOLDERS, foldable, reachable_counts, touches
+
+            added = {}
+            for image in foldable():
+                if len(image) <= len(begun) or not all(have in (want, UNKNOWN) for have, want in zip(begun, image)):
+                    continue  # (an <unk> in `begun` matches anything)
+                rest = image[len(begun):]
+                start = bisect.bisect_left(self.starts, (rest[:1],))
+                while start < len(self.starts) and self.starts[start][0].startswith(rest[:1]):
+                    text, token = self.starts[start]
+                    start += 1
+                    if rest.startswith(text) and len(text) < len(rest):  # wholly inside the image
+                        if self.completable(rest[len(text):]):  # and the vocabulary can finish it
+                            added[token] = min(added.get(token, 1), 1)
+                    elif text.startswith(rest):
+                        after = text[len(rest):]
+                        if after and touches(image[-1], after[0]):
+                            continue
+                        placeholder = PLACEHOLDERS[kind(image[-1])]  # the image's end, folding with nothing
+                        count = 1 + min(reachable_counts(placeholder + after)) - len(placeholder)
+                        added[token] = min(added.get(token, count), count)
+            device = self.characters.device
+            self.continuations[begun] = (torch.tensor(list(added), dtype=torch.long, device=device),
+                                         torch.tensor(list(added.values()), dtype=torch.long, device=device))
+        return self.continuations[begun]
+
+
+    def completable(self, rest):
+        """Whether tokens can write `rest`, the end of an image, so that it still folds."""
+        from lengths import touches
+
+        if rest not in self.completions:
+            self.completions[rest] = False
+            start = bisect.bisect_left(self.starts, (rest[:1],))
+            while start < len(self.starts) and self.starts[start][0].startswith(rest[:1]):
+                text = self.starts[start][0]
+                start += 1
+                if (text.startswith(rest) and (len(text) == len(rest) or not touches(rest[-1], text[len(rest)]))
+                        or rest.startswith(text) and len(text) < len(rest) and self.completable(rest[len(text):])):
+                    self.completions[rest] = True
+                    break
+        return self.completions[rest]
 
 
 class SpanConstraint:
@@ -142,31 +175,35 @@ class SpanConstraint:
         length = self.lengths[window, current.clamp(min=0, max=self.lengths.shape[1] - 1)]
         in_span = (current >= 0) & (current < spans)
         # What each open span holds so far, read in Python (a few dozen rows, cached): the fewest lost
-        # characters it can fill, whether it can fill exactly its length now, and what folding the
-        # next token might save.
-        lowest, fits, continuing = [0] * rows, [False] * rows, []
+        # characters it counts before a token of each kind, whether it fills its length now, and the
+        # images its end begins.
+        before, last, fits, continuing = [(0,) * len(KINDS)] * rows, [0] * rows, [False] * rows, []
         sequences, starts, wanted = generated.tolist(), last_sentinel.tolist(), length.tolist()
         for row, open_span in enumerate(in_span.tolist()):
             if not open_span:
                 continue
             reading = self.reading(tuple(sequences[row][starts[row] + 1:]))
-            lowest[row] = reading.lowest
+            before[row], last[row] = reading.before, reading.last
             fits[row] = reading.fits(wanted[row]) if wanted[row] >= 0 else reading.lowest >= 1 or reading.open_ended
-            if reading.pending and wanted[row] >= 0:
-                continuing.append((row, reading.pending))
-        lowest = torch.tensor(lowest, device=device)
-        remaining = torch.where(length >= 0, length - lowest, torch.full_like(lowest, 1 << 30))
-        token_lowest = table.lowest[:vocabulary]
-        characters = table.characters[:vocabulary]
-        content = (characters >= 1) & (token_lowest <= remaining[:, None])
-        for row, pending in continuing:  # a token that completes an image may fill fewer characters
-            tokens, saved = table.continuation(pending)
-            if tokens:
-                tokens = torch.tensor(tokens, device=device)
-                keep = tokens < vocabulary
-                tokens, saved = tokens[keep], torch.tensor(saved, device=device)[keep]
-                content[row, tokens] |= token_lowest[tokens] - saved <= remaining[row]
-        blank = (characters == BLANK) & ~last_was_blank[:, None] & (remaining > 0)[:, None]  # "▁" once before a piece
+            if wanted[row] >= 0:
+                continuing += [(row, begun, base) for begun, base in reading.pending]
+        # A token fits when the text can still be read as at most `length` characters after it: what the
+        # text counts once a character of the token's kind follows, plus what the token counts after
+        # the text's last character (they touch when they are of one kind).
+        room = torch.where(length[:, None] >= 0, length[:, None] - torch.tensor(before, device=device), 1 << 30)
+        last = torch.tensor(last, device=device)
+        token_lowest, characters = table.lowest[:vocabulary], table.characters[:vocabulary]
+        content = torch.zeros(rows, vocabulary, dtype=torch.bool, device=device)
+        for index in range(len(KINDS)):
+            touching = (last == index)[:, None] & (index > 0)
+            counted = torch.where(touching, table.lowest_touched[:vocabulary], token_lowest)
+            content |= (table.kinds[:vocabulary] == index) & (counted <= room[:, index:index + 1])
+        content &= characters >= 1
+        for row, begun, base in continuing:  # or when it continues an image the span's end began
+            tokens, added = table.continuation(begun)
+            keep = tokens < vocabulary
+            content[row, tokens[keep]] |= base + added[keep] <= length[row]
+        blank = (characters == BLANK) & ~last_was_blank[:, None] & (room[:, :1] > 0)  # "▁" once before a piece
         allowed = (content | blank) & in_span[:, None]
         closes = in_span & torch.tensor(fits, device=device)
         next_sentinel = table.sentinel_ids[(current + 1).clamp(max=MAX_SENTINELS - 1)]

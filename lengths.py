@@ -77,13 +77,29 @@ def stands_apart(text, start, end):
     return not (left or end < len(text) and touches(text[end - 1], text[end]))
 
 
+KINDS = (None, "letter", "digit")  # what the next character can be, as `touches` sees it
+PLACEHOLDERS = {None: "", "letter": "j", "digit": "\u0660"}  # of each kind, and in no image (٠: Arabic zero)
+
+
+def begins_image(end):
+    """Whether `end` is the start of an image, not all of it (an <unk> in it standing for any character:
+    the rest of the image, still to come, may write the characters that make it one)."""
+    if UNKNOWN not in end:
+        return end in image_prefixes()
+    return any(len(image) > len(end) and all(have in (want, UNKNOWN) for have, want in zip(end, image))
+               for image in foldable())
+
+
 @dataclasses.dataclass(frozen=True)
 class Reading:
     """The source lengths a generated text can stand for."""
 
-    counts: frozenset  # exact source lengths it can be read as, an <unk> counted as nothing
+    counts: frozenset  # exact source lengths it can be read as, an <unk> counted as one
     open_ended: bool  # it holds <unk>: any length from min(counts) up
-    pending: tuple  # the ends of it that start an image the next token may complete (standing apart on the left)
+    before: tuple  # the fewest it counts once a character of each kind in KINDS follows it
+    pending: tuple  # (end, fewest before that end) for each end of it that starts an image the next
+    #                 token may complete (standing apart on the left)
+    last: int  # the kind (an index of KINDS) of its last character: a token starting alike touches it
 
     @property
     def lowest(self):
@@ -94,39 +110,60 @@ class Reading:
 
 
 def matches(text, position, image):
-    """`image` written at text[position:], an <unk> standing for any of its characters."""
+    """`image` written at text[position:], an <unk> standing for any of its characters (in either),
+    but at least one character written for real: a run of <unk>s alone is never read as an image."""
     piece = text[position:position + len(image)]
-    return len(piece) == len(image) and all(have in (want, UNKNOWN) for have, want in zip(piece, image))
+    return (len(piece) == len(image) and any(have == want != UNKNOWN for have, want in zip(piece, image))
+            and all(have in (want, UNKNOWN) or want == UNKNOWN for have, want in zip(piece, image)))
+
+
+def reachable_counts(text):
+    """Every source length `text` can be read as (an <unk> counted as one, or as part of an image).
+    With an <unk>, whose reading is open-ended anyway, only the fewest is kept."""
+    fewest = UNKNOWN in text
+    reachable = [set() for _ in range(len(text) + 1)]
+    reachable[0].add(0)
+    by_first = images_by_first_character()
+    for position, character in enumerate(text):
+        counts = reachable[position]
+        if not counts:
+            continue
+        if fewest:
+            counts = {min(counts)}
+        if character.isspace():
+            reachable[position + 1].update(counts)
+            continue
+        reachable[position + 1].update(count + 1 for count in counts)
+        for image in by_first.get(character, ()) if character != UNKNOWN else foldable():
+            end = position + len(image)
+            if matches(text, position, image) and stands_apart(text, position, end):
+                reachable[end].update(count + 1 for count in counts)
+    return {min(reachable[-1])} if fewest else reachable[-1]
+
+
+def lowest_followed(text, kind):
+    """The fewest source characters `text` counts once a character of `kind` follows it (a letter
+    after `mg` keeps it from folding)."""
+    placeholder = PLACEHOLDERS[kind]
+    return min(reachable_counts(text + placeholder)) - len(placeholder)
 
 
 def read(text):
     """The Reading of `text` (generated, NFKC); whitespace counts nothing and no image crosses it;
     UNKNOWN marks an <unk>."""
-    reachable = [set() for _ in range(len(text) + 1)]
-    reachable[0].add(0)
-    by_first = images_by_first_character()
-    for position, character in enumerate(text):
-        if not reachable[position]:
-            continue
-        if character.isspace():
-            reachable[position + 1].update(reachable[position])
-            continue
-        if character == UNKNOWN:  # it may even stand for part of an image folded with its neighbours
-            reachable[position + 1].update(reachable[position])
-        reachable[position + 1].update(count + 1 for count in reachable[position])
-        for image in by_first.get(character, ()) if character != UNKNOWN else foldable():
-            end = position + len(image)
-            if matches(text, position, image) and stands_apart(text, position, end):
-                reachable[end].update(count + 1 for count in reachable[position])
-    prefixes = image_prefixes()
-    pending = tuple(text[start:] for start in range(max(len(text) - 6, 0), len(text))
-                    if text[start:] in prefixes and not (start > 0 and touches(text[start - 1], text[start])))
-    return Reading(frozenset(reachable[-1]), UNKNOWN in text, pending)
+    pending = tuple((text[start:], lowest_followed(text[:start], kind(text[start])))
+                    for start in range(max(len(text) - 6, 0), len(text))
+                    if begins_image(text[start:]) and not (start > 0 and touches(text[start - 1], text[start])))
+    counts = frozenset(reachable_counts(text))
+    before = tuple(min(counts) if kind_ is None else lowest_followed(text, kind_) for kind_ in KINDS)
+    return Reading(counts, UNKNOWN in text, before, pending, KINDS.index(kind(text[-1])) if text else 0)
 
 
-def lowest_count(text):
-    """The fewest source characters `text` can stand for (whole images folded)."""
-    return read(text).lowest
+def lowest_count(text, touched=False):
+    """The fewest source characters `text` can stand for (whole images folded); `touched`: with a
+    character of the same kind as its first right before it (`g` before `mg` keeps it from folding)."""
+    placeholder = PLACEHOLDERS[kind(text[0])] if touched and text else ""
+    return min(reachable_counts(placeholder + text)) - len(placeholder)
 
 
 def shown(text, length):

@@ -348,7 +348,7 @@ def merged_model(peft_model):
                 state.setdefault(name, original(name, tensor))
     with torch.device("meta"):
         plain = AutoModelForSeq2SeqLM.from_config(base.config)
-    plain.load_state_dict(state, assign=True, strict=False)
+    plain.load_state_dict(state, assign=True)
     untied = base.get_output_embeddings().weight is not base.get_input_embeddings().weight
     plain.tie_weights()  # the embeddings of encoder and decoder are the shared one, as in the base
     if untied:
@@ -375,7 +375,10 @@ def lora_problem(checkpoint, config):
         return f"it holds LoRA adapters of rank {saved['r']}: set LORA_RANK={saved['r']} to resume it"
     now = (config["LORA_RANK"], float(config["LORA_ALPHA"]), sorted(lora_targets(config)))
     before = (saved["r"], float(saved["lora_alpha"]), sorted(saved["target_modules"]))
-    if now[0] != before[0] or now[1] != before[1] or not set(before[2]) <= set(now[2]):
+    # Every T5 and mT5 has q, k, v, o and wo; whether it has wi or wi_0 / wi_1 shows once it is loaded
+    # (adapter_problem).
+    added = set(now[2]) - set(before[2]) - {"wi", "wi_0", "wi_1"}
+    if now[0] != before[0] or now[1] != before[1] or not set(before[2]) <= set(now[2]) or added:
         return (f"its adapters have LORA_RANK={before[0]}, LORA_ALPHA={before[1]:g} on {','.join(before[2])}; "
                 f"set those to resume it")
     return None

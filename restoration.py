@@ -34,7 +34,7 @@ import itertools
 import math
 
 from constraint import SpanConstraint, TokenTable
-from lengths import UNKNOWN, lowest_count, shown, source_length
+from lengths import UNKNOWN, foldable, reachable_counts, shown, source_length
 from spans import SENTINEL, SPECIAL_TOKENS, build_targets, parse_spans, sentinel
 from windows import Cutter, cut_windows, plain_pieces
 
@@ -152,6 +152,7 @@ class Restorer:
         self.table = None
         self.lexicon = {}  # source length (None: any length) -> TermNode, the root of that length's trie
         self.searches_cut = 0  # spans whose lexicon search reached LEXICON_NODES_PER_SPAN
+        self.unproven = set()  # id(Span) of those in the current call: flagged for review
         terms = [term for term in dict.fromkeys(lexicon) if term.strip()]
         for term, tokens in zip(terms, self.span_tokens(terms)):
             for key in ((source_length(term), None) if tokens else ()):
@@ -192,6 +193,7 @@ class Restorer:
         if self.table is None:
             self.table = TokenTable(self.tokenizer, model.get_output_embeddings().weight.shape[0]).to(device)
         chosen, plain_outputs = {}, {}  # id(Span) -> (Candidate or None, [alternatives]); index -> (text, cut)
+        self.unproven = set()
         windows = [window for document in documents if not document.plain and document.spans
                    for window in cut_windows(document, self.tokenizer, decoding)]
         pieces = [(index, piece) for index, document in enumerate(documents) if document.plain
@@ -267,8 +269,9 @@ class Restorer:
             if self.lexicon:
                 searched = [(number, self.lexicon.get(windows[number].spans[position].length
                                                       if self.decoding.length_aware else None)) for number in active]
-                self.search_lexicon([(number, root) for number, root in searched if root], heads, position, pools,
-                                    alternatives + 1)
+                cut = self.search_lexicon([(number, root) for number, root in searched if root], heads, position,
+                                          pools, alternatives + 1)
+                self.unproven.update(id(windows[number].spans[position]) for number in cut)
             for number in active:
                 ranked = sorted(pools[number].values(), key=lambda candidate: -candidate.log_probability)
                 restored[number][position] = list(ranked[0].tokens) if ranked else None
@@ -278,9 +281,11 @@ class Restorer:
 
     def budget(self, lengths):
         """Tokens to generate: with every length known, the constraint ends decoding within this many
-        (a blank "▁" at most before each piece, a sentinel after each span, the first one and the end)."""
+        (a lost character is written in at most as many characters as the longest folded image, each
+        piece has a blank "▁" at most before it; a sentinel after each span, the first one and the end)."""
         if all(length is not None for row in lengths for length in row):
-            return max(sum(2 * length + 1 for length in row) + 2 for row in lengths)
+            longest = max(map(len, foldable()))
+            return max(sum(2 * longest * length + 1 for length in row) + 2 for row in lengths)
         return self.decoding.max_new_tokens
 
     def continue_from(self, number, lengths, restored, position):
@@ -325,25 +330,36 @@ class Restorer:
 
     def next_token_log_probabilities(self, rows, sequences, wanted):
         """For each decoder sequence (given the encoded window in `rows`), the log-softmax over the
-        vocabulary at the positions `wanted` lists for it: [[tensor of shape (vocabulary,)]]."""
+        vocabulary at the positions `wanted` lists for it: [tensor of shape (positions, vocabulary)].
+
+        Only those positions go through the LM head: a hook hands it just their hidden states, so
+        scoring never builds logits for every position (mT5's 250,112-token head would make them
+        gigabytes). Written by hand because the model's forward has no option for it."""
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
         pad = self.model.config.pad_token_id
+        device = self.attention_mask.device
         vocabulary = self.table.characters.shape[0]
         results = []
-        width = max(map(len, sequences), default=1)
-        step = max(LOGITS_PER_CHUNK // (width * vocabulary), 1)
+        step = max(LOGITS_PER_CHUNK // (max(len(positions) for positions in wanted) * vocabulary), 1) if wanted else 1
         for start in range(0, len(sequences), step):
-            chunk = sequences[start:start + step]
-            decoder = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in chunk],
-                                   device=self.attention_mask.device)
-            index = torch.tensor(rows[start:start + step], device=self.attention_mask.device)
-            encoded = BaseModelOutput(last_hidden_state=self.encoded.last_hidden_state[index])
-            logits = self.model(encoder_outputs=encoded, attention_mask=self.attention_mask[index],
-                                decoder_input_ids=decoder).logits.float()
-            for row, positions in enumerate(wanted[start:start + step]):
-                results.append(torch.log_softmax(logits[row, positions], dim=-1))
+            chunk, needed = sequences[start:start + step], wanted[start:start + step]
+            width = max(map(len, chunk))
+            decoder = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in chunk], device=device)
+            picked_rows = torch.tensor([row for row, positions in enumerate(needed) for _ in positions], device=device)
+            picked_positions = torch.tensor([position for positions in needed for position in positions], device=device)
+            hook = self.model.get_output_embeddings().register_forward_pre_hook(
+                lambda module, arguments: (arguments[0][picked_rows, picked_positions][None],))
+            try:
+                index = torch.tensor(rows[start:start + step], device=device)
+                encoded = BaseModelOutput(last_hidden_state=self.encoded.last_hidden_state[index])
+                logits = self.model(encoder_outputs=encoded, attention_mask=self.attention_mask[index],
+                                    decoder_input_ids=decoder).logits[0].float()
+            finally:
+                hook.remove()
+            log_probabilities = torch.log_softmax(logits, dim=-1)
+            results += list(log_probabilities.split([len(positions) for positions in needed]))
         return results
 
     def score(self, requests):
@@ -368,9 +384,10 @@ class Restorer:
         span, and no other. Best-first over each trie: a prefix's log-probability bounds every term
         below it (probabilities multiply and never exceed 1), so a prefix less likely than the
         `keep`-th best candidate found so far is never expanded, and every term that could rank
-        above it is scored. Exact at any lexicon size; LEXICON_NODES_PER_SPAN bounds the work."""
+        above it is scored. Exact at any lexicon size; LEXICON_NODES_PER_SPAN bounds the work.
+        Returns the windows whose search reached that bound."""
         counter = itertools.count()
-        state = {}
+        state, cut = {}, set()
         for number, root in searches:
             # The log-probabilities of the candidates found so far, negated and sorted: found[keep - 1] bounds.
             found = sorted(-candidate.log_probability for candidate in pools[number].values())
@@ -388,13 +405,14 @@ class Restorer:
                 while frontier and -frontier[0][0] > threshold(number) and taken < NODES_PER_ROUND:
                     if entry["expanded"] >= LEXICON_NODES_PER_SPAN:
                         self.searches_cut += 1
+                        cut.add(number)
                         frontier.clear()
                         break
                     negative, _, node, tokens = heapq.heappop(frontier)
                     entry["expanded"], taken = entry["expanded"] + 1, taken + 1
                     popped.append((number, -negative, node, tokens))
             if not popped:
-                return
+                return cut
             sequences = [heads[number] + list(tokens) for number, _, _, tokens in popped]
             log_probabilities = self.next_token_log_probabilities([number for number, *_ in popped], sequences,
                                                                   [[len(sequence) - 1] for sequence in sequences])
@@ -418,26 +436,42 @@ class Restorer:
 
     def display(self, candidate, span):
         """(the text a candidate restores for `span`, why it needs review or None)."""
+        unknown = self.tokenizer.unk_token_id in candidate.tokens
         if candidate.terms:
             if len(candidate.terms) > 1:
                 return candidate.terms[0], f"lexicon terms {' / '.join(candidate.terms[:3])} read the same to the model"
+            if unknown:  # <unk> may stand for any characters: the lexicon's term is a guess the model cannot check
+                return candidate.terms[0], "the lexicon supplies characters the model's vocabulary cannot write"
             return candidate.terms[0], None
         text = self.tokenizer.decode(list(candidate.tokens), skip_special_tokens=False)
         text = SPECIAL_TOKENS.sub("", text).replace(self.tokenizer.unk_token, UNKNOWN).strip()
-        unknown = text.count(UNKNOWN)
         if not unknown:
             return shown(text, span.length), None
-        # Characters the vocabulary cannot write: markers for what the length leaves to the <unk>s (the
-        # first takes the rest); where it leaves less than one each, the whole span shows as markers.
         reason = "the model's vocabulary cannot write some of its characters"
-        missing = [1] * unknown
-        if span.length is not None:
-            left = span.length - lowest_count(text.replace(UNKNOWN, ""))
-            if left < unknown:
-                return span.unit * span.length, reason
-            missing[0] = left - (unknown - 1)
-        pieces = text.split(UNKNOWN)
-        return pieces[0] + "".join(span.unit * count + piece for count, piece in zip(missing, pieces[1:])), reason
+        return self.marked_unknown(text.split(UNKNOWN), span), reason
+
+    @staticmethod
+    def marked_unknown(pieces, span):
+        """The text around <unk>s (`pieces`), each <unk> shown as markers: at least one each, and as many
+        as the span's length leaves to them, the text around them folded as little as that allows
+        (`38.5°C<unk>` for six lost characters: `38.5℃□`). Where the text alone is longer than the
+        length allows, the whole span shows as markers."""
+        unknown = len(pieces) - 1
+        if span.length is None:
+            return span.unit.join(pieces)
+        readings = [sorted(reachable_counts(piece), reverse=True) for piece in pieces]
+        counts = [reading[0] for reading in readings]  # as written, then folded one piece at a time
+        for number, reading in enumerate(readings):
+            for count in reading:
+                if span.length - sum(counts) >= unknown:
+                    break
+                counts[number] = count
+        left = span.length - sum(counts)
+        if left < unknown:
+            return span.unit * span.length
+        markers = [left - (unknown - 1)] + [1] * (unknown - 1)
+        texts = [shown(piece, count) for piece, count in zip(pieces, counts)]
+        return texts[0] + "".join(span.unit * count + text for count, text in zip(markers, texts[1:]))
 
     def result(self, index, document, chosen, plain_outputs, review_below):
         if document.plain:
@@ -457,6 +491,8 @@ class Restorer:
                 spans.append({"text": "", "confidence": None, "alternatives": [], "review": False})
                 continue
             text, reason = self.display(candidate, part)
+            if reason is None and id(part) in self.unproven:
+                reason = "the lexicon search stopped at its limit: a likelier term may exist"
             confidence = math.exp(candidate.log_probability)
             if reason is None and review_below is not None and confidence < review_below:
                 reason = f"confidence below {review_below}"

@@ -366,7 +366,8 @@ def ready_to_resume(config, trainer, checkpoint, evaluation):
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     resume_check = ResumeCheck(effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps *
                                args.world_size, processes=args.world_size,
-                               max_steps=max_steps, learning_rate=config["LEARNING_RATE"], **data_facts(config),
+                               max_steps=max_steps, learning_rate=config["LEARNING_RATE"], seed=config["SEED"],
+                               **data_facts(config),
                                **base_facts(config, trainer.model), evaluation=tuple(evaluation), **evaluation)
     trainer.add_callback(resume_check)
     changed = checkpoint and resume_check.differences(checkpoint)

@@ -30,19 +30,25 @@ def is_span(part):
     return not isinstance(part, str)
 
 
-def span_target_tokens(span):
-    return span.length + 2 if span.length is not None else UNKNOWN_SPAN_TARGET_TOKENS
+def span_target_tokens(span, length_aware=True):
+    """Target tokens planned for a span when max_new_tokens bounds decoding: about one a character."""
+    return span.length + 2 if span.length is not None and length_aware else UNKNOWN_SPAN_TARGET_TOKENS
 
 
 def sentences(parts):
-    """The parts grouped into sentences: a sentence ends after a SENTENCE_END character."""
+    """The parts grouped into sentences: a sentence ends after a SENTENCE_END character. A full stop
+    right before a gap ends nothing (`38.□` lost its decimals), so a text part followed by a span is
+    searched as if a character followed it."""
     groups, current = [], []
-    for part in parts:
+    for number, part in enumerate(parts):
         if is_span(part):
             current.append(part)
             continue
         start = 0
-        for match in SENTENCE_END.finditer(part):
+        followed = number + 1 < len(parts)
+        for match in SENTENCE_END.finditer(part + ("x" if followed else "")):
+            if match.end() > len(part):
+                break
             current.append(part[start:match.end()])
             groups.append(current)
             current, start = [], match.end()
@@ -88,6 +94,7 @@ class Cutter:
         self.whole = min(decoding.whole_tokens or self.limit, self.limit)
         self.size = min(decoding.window_tokens or self.whole, self.whole)
         self.budget = decoding.max_new_tokens
+        self.length_aware = decoding.length_aware
 
     def tokens(self, blocks):
         texts = [text_of([block]) for block in blocks]
@@ -96,7 +103,8 @@ class Cutter:
     def fits(self, blocks, tokens, size):
         spans = [part for block in blocks for part in block if is_span(part)]
         # With every length known the constraint decides where decoding ends, not max_new_tokens.
-        planned = sum(map(span_target_tokens, spans)) + 2 if any(span.length is None for span in spans) else 0
+        free = not self.length_aware or any(span.length is None for span in spans)
+        planned = sum(span_target_tokens(span, self.length_aware) for span in spans) + 2 if free else 0
         return sum(tokens) + 1 <= size and len(spans) <= MAX_SPANS and planned <= self.budget
 
     def within_limit(self, text):
@@ -110,18 +118,7 @@ def cut_windows(document, tokenizer, decoding):
     tokens = cutter.tokens(blocks)
     if cutter.fits(blocks, tokens, cutter.whole) and cutter.within_limit(text_of(blocks)):
         return [window_of(blocks, range(len(blocks)))]
-    # A sentence that no window can hold is cut until its pieces fit (a single span that the budget
-    # cannot hold stays as it is and shows as left marked).
-    position = 0
-    while position < len(blocks):
-        if not cutter.fits([blocks[position]], [tokens[position]], cutter.limit) and (
-                len(blocks[position]) > 1 or not is_span(blocks[position][0])):
-            halves = split_in_two(blocks[position])
-            if len(halves) == 2:
-                blocks[position:position + 1] = halves
-                tokens[position:position + 1] = cutter.tokens(halves)
-                continue
-        position += 1
+    blocks, tokens = fitting(blocks, tokens, cutter)
     windows, position = [], 0
     while position < len(blocks):
         if not any(map(is_span, blocks[position])):
@@ -163,10 +160,11 @@ def window_of(blocks, indices):
 
 
 def plain_pieces(text, cutter):
-    """A text without sentinels as [(whitespace before it, piece)]: whole sentences packed up to a
-    window (a sentence longer than the model's input is cut), restored one after another."""
-    blocks = [block for sentence in sentences([text]) for block in fitting([sentence], cutter)]
-    tokens = cutter.tokens(blocks)
+    """A text without sentinels as [(the whitespace before it, piece)]: whole sentences packed up to a
+    window (a sentence longer than the model's input is cut), restored one after another. The
+    whitespace between two pieces (a line break, say) is kept for joining their restorations."""
+    sentences_of_text = sentences([text])
+    blocks, tokens = fitting(sentences_of_text, cutter.tokens(sentences_of_text), cutter)
     pieces, current, size = [], "", 0
     for block, count in zip(blocks, tokens):
         if current and size + count + 1 > cutter.size:
@@ -174,13 +172,31 @@ def plain_pieces(text, cutter):
             current, size = "", 0
         current, size = current + "".join(block), size + count
     pieces.append(current)
-    return [(piece[:len(piece) - len(piece.lstrip())], piece.strip()) for piece in pieces if piece.strip()]
-
-
-def fitting(blocks, cutter):
-    """The blocks, each one longer than the model's input cut in halves until it fits."""
-    result = []
-    for block, count in zip(blocks, cutter.tokens(blocks)):
-        halves = split_in_two(block) if count + 1 > cutter.limit else [block]
-        result += fitting(halves, cutter) if len(halves) > 1 else halves
+    result, carried = [], ""
+    for piece in pieces:
+        stripped = piece.strip()
+        if stripped:
+            result.append((carried + piece[:len(piece) - len(piece.lstrip())], stripped))
+            carried = ""
+        carried += piece[len(piece.rstrip()):] if stripped else piece
     return result
+
+
+def fitting(blocks, tokens, cutter):
+    """(blocks, their tokens) with each block that no window can hold cut in halves until it fits (a
+    single span that the token budget cannot hold stays as it is and shows as left marked)."""
+    result, counts = [], []
+    for block, count in zip(blocks, tokens):
+        if cutter.fits([block], [count], cutter.limit) or (len(block) == 1 and is_span(block[0])):
+            result.append(block)
+            counts.append(count)
+            continue
+        halves = split_in_two(block)
+        if len(halves) < 2:
+            result.append(block)
+            counts.append(count)
+            continue
+        more, more_counts = fitting(halves, cutter.tokens(halves), cutter)
+        result += more
+        counts += more_counts
+    return result, counts

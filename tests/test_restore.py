@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 
 import pytest
 
@@ -184,6 +185,18 @@ def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exa
         span["text"] + after for span, after in zip(result["spans"], context[1:]))
 
 
+def test_a_full_stop_right_before_a_gap_does_not_end_the_sentence(restorer):
+    """`38.□` lost its decimals: the window must keep the number whole, not cut it at the point."""
+    from restoration import Decoding, from_markers
+    from windows import cut_windows
+
+    line = "患者因胸痛入院，予阿司匹林口服。查体：体温3□.□℃，心率□□次/分，血压正常。复查心电图未见异常。"
+    decoding = Decoding(max_input_length=128, whole_tokens=12, window_tokens=24)
+    windows = cut_windows(from_markers(line), restorer.tokenizer, decoding)
+    [window] = [window for window in windows if len(window.spans) >= 2]
+    assert "体温3<extra_id_0>.<extra_id_1>℃" in window.text.replace("°C", "℃")
+
+
 def test_a_line_with_more_gaps_than_sentinels_is_restored_whole(restorer):
     line = "，".join(["心电图□"] * 150) + "。"
     [result] = restorer.restore([line])
@@ -212,12 +225,22 @@ def test_a_text_without_gaps_is_rewritten_in_sentence_windows_and_a_cut_rewrite_
     from spans import SENTENCE_END
     from windows import Cutter, plain_pieces
 
-    long_text = " ".join((ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:60])
+    lines = (ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:60]
+    long_text = "\n".join(" ".join(lines[start:start + 3]) for start in range(0, 60, 3))  # paragraphs of three
     pieces = plain_pieces(long_text, Cutter(restorer.tokenizer, restorer.decoding))
     assert len(pieces) > 1 and "".join(before + piece for before, piece in pieces) == long_text
     assert all(len(restorer.tokenizer(piece)["input_ids"]) <= restorer.decoding.max_input_length for _, piece in pieces)
     assert all(SENTENCE_END.match(piece[-1] + " ") for _, piece in pieces)  # whole sentences
-    endless = restorer.tokenizer("心电图" * 40, add_special_tokens=False)["input_ids"][:restorer.decoding.max_new_tokens]
+    echoed = restorer.model.generate  # a model that writes its input back: the line breaks come back too
+    monkeypatch.setattr(restorer.model, "generate", lambda input_ids=None, **kwargs: torch.cat(
+        [torch.zeros_like(input_ids[:, :1]), input_ids], dim=1))
+    [result] = restorer.restore_documents([from_sentinels(long_text)])
+    paragraphs = [unicodedata.normalize("NFKC", " ".join(lines[start:start + 3])) for start in range(0, 60, 3)]
+    assert result["restored"].split("\n") == paragraphs  # in the tokenizer's normal form
+    assert not result["review"]
+    monkeypatch.setattr(restorer.model, "generate", echoed)
+    budget = restorer.decoding.max_new_tokens
+    endless = restorer.tokenizer("心电图" * 40, add_special_tokens=False)["input_ids"][:budget]
     monkeypatch.setattr(restorer.model, "generate", lambda attention_mask=None, **kwargs: torch.tensor(
         [[0] + endless] * attention_mask.shape[0]))
     [result] = restorer.restore_documents([from_sentinels("患者出現胸痛症伏。")])
