@@ -9,6 +9,7 @@ Written by hand because transformers 5 dropped constrained decoding (`force_word
 
 import bisect
 import re
+import unicodedata
 
 from lengths import KINDS, UNKNOWN, kind, lowest_count, read
 from spans import MAX_SENTINELS, SENTINEL, sentinel
@@ -44,17 +45,19 @@ class TokenTable:
             characters.append(EXCLUDED if text is None else len("".join(text.split())))
             # <unk> writes at least one character, though in a reading it may complete an image with
             # what follows (`<unk>C` can be ℃ when the vocabulary lacks °), so it counts one here.
-            lowest.append(EXCLUDED if text is None else 1 if text == UNKNOWN else lowest_count(text))
-            touched.append(EXCLUDED if text is None else 1 if text == UNKNOWN else lowest_count(text, touched=True))
+            combining = bool(text) and unicodedata.combining(text[0]) > 0  # may compose with the character before
+            lowest.append(EXCLUDED if text is None else 1 if text == UNKNOWN else lowest_count(text) - combining)
+            touched.append(EXCLUDED if text is None else 1 if text == UNKNOWN else
+                           lowest_count(text, touched=True) - combining)
             kinds.append(KINDS.index(kind(text[0])) if text else 0)
         self.characters = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)
         self.characters[:len(characters)] = torch.tensor(characters, dtype=torch.long)
-        self.lowest = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)
-        self.lowest[:len(lowest)] = torch.tensor(lowest, dtype=torch.long)
-        self.lowest_touched = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)  # after a character alike
-        self.lowest_touched[:len(touched)] = torch.tensor(touched, dtype=torch.long)
-        self.kinds = torch.zeros(vocabulary_size, dtype=torch.long)
-        self.kinds[:len(kinds)] = torch.tensor(kinds, dtype=torch.long)
+        self.lowest = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.int32)
+        self.lowest[:len(lowest)] = torch.tensor(lowest, dtype=torch.int32)
+        self.lowest_touched = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.int32)  # after a character alike
+        self.lowest_touched[:len(touched)] = torch.tensor(touched, dtype=torch.int32)
+        self.kinds = torch.zeros(vocabulary_size, dtype=torch.int8)
+        self.kinds[:len(kinds)] = torch.tensor(kinds, dtype=torch.int8)
         self.sentinel_ids = torch.tensor(tokenizer.convert_tokens_to_ids([sentinel(k) for k in range(MAX_SENTINELS)]))
         self.sentinel_number = torch.full((vocabulary_size,), -1, dtype=torch.long)
         self.sentinel_number[self.sentinel_ids] = torch.arange(MAX_SENTINELS)
@@ -63,7 +66,7 @@ class TokenTable:
         # Tokens that may continue an image across a token boundary ("°" then "C"), by their text.
         self.starts = sorted((text, token) for token, text in enumerate(self.texts) if text and not text[0].isspace())
         self.continuations = {}  # an image's start -> (token ids, the fewest characters each adds)
-        self.completions = {}  # the end of an image -> whether tokens can write it
+        self.completions = {}  # (image, characters written) -> whether tokens can write the rest
 
     def to(self, device):
         for name in ("characters", "lowest", "lowest_touched", "kinds", "sentinel_ids", "sentinel_number"):
@@ -78,52 +81,59 @@ class TokenTable:
         """The tokens that continue an image whose first characters `begun` end the text so far (`°`
         then `C`), with the fewest characters the image and the rest of the token then add: tensors
         (token ids, characters added). A token that would keep the image from folding (a letter right
-        after `mm`) is not among them."""
+        after `mm`) is not among them; <unk> is, for any character of the image it may stand for."""
         if begun not in self.continuations:
             import torch
 
-            from lengths import PLACEHOLDERS, foldable, reachable_counts, touches
+            from lengths import PLACEHOLDERS, foldable, kept_apart, reachable_counts
 
             added = {}
+
+            def offer(token, count):
+                added[token] = min(added.get(token, count), count)
+
             for image in foldable():
                 if len(image) <= len(begun) or not all(have in (want, UNKNOWN) for have, want in zip(begun, image)):
                     continue  # (an <unk> in `begun` matches anything)
                 rest = image[len(begun):]
+                if self.unk is not None and (len(rest) == 1 or self.completable(image, len(begun) + 1)):
+                    offer(self.unk, 1)
                 start = bisect.bisect_left(self.starts, (rest[:1],))
                 while start < len(self.starts) and self.starts[start][0].startswith(rest[:1]):
                     text, token = self.starts[start]
                     start += 1
                     if rest.startswith(text) and len(text) < len(rest):  # wholly inside the image
-                        if self.completable(rest[len(text):]):  # and the vocabulary can finish it
-                            added[token] = min(added.get(token, 1), 1)
+                        if self.completable(image, len(begun) + len(text)):  # and the vocabulary can finish it
+                            offer(token, 1)
                     elif text.startswith(rest):
                         after = text[len(rest):]
-                        if after and touches(image[-1], after[0]):
+                        if after and kept_apart(image, after[0], image[-1]):
                             continue
                         placeholder = PLACEHOLDERS[kind(image[-1])]  # the image's end, folding with nothing
-                        count = 1 + min(reachable_counts(placeholder + after)) - len(placeholder)
-                        added[token] = min(added.get(token, count), count)
+                        offer(token, 1 + min(reachable_counts(placeholder + after)) - len(placeholder))
             device = self.characters.device
             self.continuations[begun] = (torch.tensor(list(added), dtype=torch.long, device=device),
-                                         torch.tensor(list(added.values()), dtype=torch.long, device=device))
+                                         torch.tensor(list(added.values()), dtype=torch.int32, device=device))
         return self.continuations[begun]
 
+    def completable(self, image, done):
+        """Whether tokens can write image[done:], the rest of an image, so that it still folds."""
+        from lengths import kept_apart
 
-    def completable(self, rest):
-        """Whether tokens can write `rest`, the end of an image, so that it still folds."""
-        from lengths import touches
-
-        if rest not in self.completions:
-            self.completions[rest] = False
+        rest = image[done:]
+        if (image, done) not in self.completions:
+            self.completions[image, done] = False
             start = bisect.bisect_left(self.starts, (rest[:1],))
             while start < len(self.starts) and self.starts[start][0].startswith(rest[:1]):
                 text = self.starts[start][0]
                 start += 1
-                if (text.startswith(rest) and (len(text) == len(rest) or not touches(rest[-1], text[len(rest)]))
-                        or rest.startswith(text) and len(text) < len(rest) and self.completable(rest[len(text):])):
-                    self.completions[rest] = True
+                finishes = text.startswith(rest) and (len(text) == len(rest)
+                                                      or not kept_apart(image, text[len(rest)], rest[-1]))
+                if finishes or rest.startswith(text) and len(text) < len(rest) and self.completable(image,
+                                                                                                    done + len(text)):
+                    self.completions[image, done] = True
                     break
-        return self.completions[rest]
+        return self.completions[image, done]
 
 
 class SpanConstraint:
@@ -182,16 +192,18 @@ class SpanConstraint:
         for row, open_span in enumerate(in_span.tolist()):
             if not open_span:
                 continue
-            reading = self.reading(tuple(sequences[row][starts[row] + 1:]))
-            before[row], last[row] = reading.before, reading.last
-            fits[row] = reading.fits(wanted[row]) if wanted[row] >= 0 else reading.lowest >= 1 or reading.open_ended
-            if wanted[row] >= 0:
-                continuing += [(row, begun, base) for begun, base in reading.pending]
+            written = sequences[row][starts[row] + 1:]
+            if wanted[row] < 0:  # an unknown length only needs a character
+                fits[row] = any(table.characters[token] >= 1 for token in written)
+                continue
+            reading = self.reading(tuple(written))
+            before[row], last[row], fits[row] = reading.before, reading.last, reading.fits(wanted[row])
+            continuing += [(row, begun, base) for begun, base in reading.pending]
         # A token fits when the text can still be read as at most `length` characters after it: what the
         # text counts once a character of the token's kind follows, plus what the token counts after
         # the text's last character (they touch when they are of one kind).
         room = torch.where(length[:, None] >= 0, length[:, None] - torch.tensor(before, device=device), 1 << 30)
-        last = torch.tensor(last, device=device)
+        room, last = room.to(torch.int32), torch.tensor(last, device=device)
         token_lowest, characters = table.lowest[:vocabulary], table.characters[:vocabulary]
         content = torch.zeros(rows, vocabulary, dtype=torch.bool, device=device)
         for index in range(len(KINDS)):
@@ -200,9 +212,8 @@ class SpanConstraint:
             content |= (table.kinds[:vocabulary] == index) & (counted <= room[:, index:index + 1])
         content &= characters >= 1
         for row, begun, base in continuing:  # or when it continues an image the span's end began
-            tokens, added = table.continuation(begun)
-            keep = tokens < vocabulary
-            content[row, tokens[keep]] |= base + added[keep] <= length[row]
+            tokens, added = table.continuation(begun)  # the table is as wide as the scores
+            content[row, tokens] |= base + added <= wanted[row]
         blank = (characters == BLANK) & ~last_was_blank[:, None] & (room[:, :1] > 0)  # "▁" once before a piece
         allowed = (content | blank) & in_span[:, None]
         closes = in_span & torch.tensor(fits, device=device)

@@ -21,20 +21,27 @@ import functools
 import unicodedata
 
 # Compatibility characters that clinical text writes and whose NFKC image is several characters:
-# fractions (½ ⅓), punctuation (… ‥ ‼), symbols (℃ ℉ № ™ ℡), Roman numerals (Ⅱ ⅳ), parenthesized
-# Chinese numerals (㈠ ... ㈩) and the squared units of CJK compatibility (㎎ ㎏ ㎖ ㏄ ㎡ ㎪ ㏈).
-# Squared abbreviations that spell ordinary words (㏌ "in", ㍲ "da", ㏒ "log") are left out: every
-# such word would become ambiguous, and so are enclosed numbers (⑩ "10", ㏠ "1日", ⒈ "1.").
+# fractions (½ ⅓), punctuation (… ‥ ‼), ℃ and ℉, Roman numerals (Ⅱ ⅳ), parenthesized Chinese
+# numerals (㈠ ... ㈩) and the squared units of CJK compatibility (㎎ ㎏ ㎖ ㏄ ㎡ ㎪ ㏈). Left out,
+# because every ordinary word or number they spell would become ambiguous: ™ № ℡ ⅟ (TM, No, TEL,
+# 1⁄), squared abbreviations that spell words or common short forms (㏌ "in", ㍲ "da", ㏒ "log",
+# ㎳ "ms") and enclosed numbers (⑩ "10", ㏠ "1日", ⒈ "1.").
 FOLDABLE_RANGES = ((0x00BC, 0x00BE), (0x2025, 0x2026), (0x203C, 0x203C), (0x2047, 0x2049), (0x2103, 0x2103),
-                   (0x2109, 0x2109), (0x2116, 0x2116), (0x2121, 0x2122), (0x2150, 0x215F), (0x2160, 0x217F),
-                   (0x3220, 0x3229), (0x3380, 0x33AC), (0x33B0, 0x33C1), (0x33C3, 0x33C4), (0x33C8, 0x33C9),
-                   (0x33D9, 0x33D9), (0x33DE, 0x33DF))
+                   (0x2109, 0x2109), (0x2150, 0x215E), (0x2160, 0x217F), (0x3220, 0x3229), (0x3380, 0x33AC),
+                   (0x33B4, 0x33C1), (0x33C3, 0x33C4), (0x33C8, 0x33C9), (0x33D9, 0x33D9), (0x33DE, 0x33DF))
 UNKNOWN = "\x00"  # stands for <unk> in a text being measured
+UNKNOWN_SOURCE = "\ufffd"  # the replacement character: a character already lost, which the tokenizer drops
 
 
 def source_length(text):
-    """Characters as a reader counts them: NFC-composed, whitespace not counted."""
-    return len("".join(unicodedata.normalize("NFC", text).split()))
+    """Characters as a reader counts them: NFC-composed; whitespace, control and format characters
+    (zero-width spaces, direction marks: the tokenizer writes nothing for them) not counted."""
+    return len(visible(unicodedata.normalize("NFC", text)))
+
+
+def visible(text):
+    return "".join(character for character in text if not character.isspace() and character != UNKNOWN_SOURCE
+                   and unicodedata.category(character) not in ("Cc", "Cf"))
 
 
 @functools.cache
@@ -71,23 +78,39 @@ def touches(first, second):
     return kind(first) is not None and kind(first) == kind(second)
 
 
-def stands_apart(text, start, end):
-    """A run text[start:end] folds only where no letter touches a letter (or digit a digit) at its edges."""
-    left = start > 0 and touches(text[start - 1], text[start])
-    return not (left or end < len(text) and touches(text[end - 1], text[end]))
+def always_apart(image):
+    """Upper-case Roman numerals and fractions fold whatever touches them (`ⅡA期`, `NYHAⅢ级`, `1½`)."""
+    return set(image) <= set("IVXLCDM") or "\u2044" in image
+
+
+def kept_apart(image, neighbour, edge):
+    """Whether `neighbour`, next to the image's `edge` character, keeps the image from folding: a letter
+    touching a letter or a digit a digit does (so `vitamin`, `HIV` with lower-case or unit runs, `5mga` never fold)."""
+    return not always_apart(image) and touches(neighbour, edge)
+
+
+def stands_apart(text, start, end, image):
+    """A run text[start:end] that writes `image` folds only where nothing at its edges keeps it apart."""
+    left = start > 0 and kept_apart(image, text[start - 1], text[start])
+    return not (left or end < len(text) and kept_apart(image, text[end], text[end - 1]))
 
 
 KINDS = (None, "letter", "digit")  # what the next character can be, as `touches` sees it
 PLACEHOLDERS = {None: "", "letter": "j", "digit": "\u0660"}  # of each kind, and in no image (٠: Arabic zero)
 
 
-def begins_image(end):
-    """Whether `end` is the start of an image, not all of it (an <unk> in it standing for any character:
-    the rest of the image, still to come, may write the characters that make it one)."""
-    if UNKNOWN not in end:
-        return end in image_prefixes()
+def begins_image(end, before=None):
+    """Whether `end` is the start of an image, not all of it, that the character `before` it does not
+    keep apart (an <unk> in `end` standing for any character: the rest of the image, still to come,
+    may write the characters that make it one)."""
     return any(len(image) > len(end) and all(have in (want, UNKNOWN) for have, want in zip(end, image))
-               for image in foldable())
+               and not (before and kept_apart(image, before, end[0])) for image in starting_with(end[0]))
+
+
+@functools.cache
+def starting_with(character):
+    """The images that may start with `character` (all of them for an <unk>)."""
+    return tuple(images_by_first_character().get(character, ())) if character != UNKNOWN else tuple(foldable())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +159,7 @@ def reachable_counts(text):
         reachable[position + 1].update(count + 1 for count in counts)
         for image in by_first.get(character, ()) if character != UNKNOWN else foldable():
             end = position + len(image)
-            if matches(text, position, image) and stands_apart(text, position, end):
+            if matches(text, position, image) and stands_apart(text, position, end, image):
                 reachable[end].update(count + 1 for count in counts)
     return {min(reachable[-1])} if fewest else reachable[-1]
 
@@ -150,10 +173,11 @@ def lowest_followed(text, kind):
 
 def read(text):
     """The Reading of `text` (generated, NFKC); whitespace counts nothing and no image crosses it;
-    UNKNOWN marks an <unk>."""
+    UNKNOWN marks an <unk>. Counted after NFC composition, as source_length counts (`e` + `◌́` is one)."""
+    text = unicodedata.normalize("NFC", text)
     pending = tuple((text[start:], lowest_followed(text[:start], kind(text[start])))
                     for start in range(max(len(text) - 6, 0), len(text))
-                    if begins_image(text[start:]) and not (start > 0 and touches(text[start - 1], text[start])))
+                    if begins_image(text[start:], text[start - 1] if start else None))
     counts = frozenset(reachable_counts(text))
     before = tuple(min(counts) if kind_ is None else lowest_followed(text, kind_) for kind_ in KINDS)
     return Reading(counts, UNKNOWN in text, before, pending, KINDS.index(kind(text[-1])) if text else 0)
@@ -170,6 +194,7 @@ def shown(text, length):
     """`text` as the restoration shows it for `length` lost characters: with the fewest folds that
     make its source length `length` (`38.5°C` -> `38.5℃` for 5), or as it is when it needs no fold
     or none fits."""
+    text = unicodedata.normalize("NFC", text)
     if length is None or source_length(text) == length or UNKNOWN in text:
         return text
     images, by_first = foldable(), images_by_first_character()
@@ -180,7 +205,8 @@ def shown(text, length):
         for count, (folds, written) in best[position].items():
             steps = [(position + 1, character, 0 if character.isspace() else 1, 0)]
             steps += [(position + len(image), images[image], 1, 1) for image in by_first.get(character, ())
-                      if text.startswith(image, position) and stands_apart(text, position, position + len(image))]
+                      if text.startswith(image, position)
+                      and stands_apart(text, position, position + len(image), image)]
             for end, piece, counted, fold in steps:
                 known = best[end].get(count + counted)
                 if known is None or known[0] > folds + fold:

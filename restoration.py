@@ -443,8 +443,8 @@ class Restorer:
             if unknown:  # <unk> may stand for any characters: the lexicon's term is a guess the model cannot check
                 return candidate.terms[0], "the lexicon supplies characters the model's vocabulary cannot write"
             return candidate.terms[0], None
-        text = self.tokenizer.decode(list(candidate.tokens), skip_special_tokens=False)
-        text = SPECIAL_TOKENS.sub("", text).replace(self.tokenizer.unk_token, UNKNOWN).strip()
+        # The pieces as written (what the constraint counted), not decode(): a "</s>" spelled in pieces is text.
+        text = self.table.text(candidate.tokens).strip()
         if not unknown:
             return shown(text, span.length), None
         reason = "the model's vocabulary cannot write some of its characters"

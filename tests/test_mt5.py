@@ -12,7 +12,8 @@ import pytest
 from conftest import (clinical_lexicon, same_weights, tiny_run_arguments, trainer_state, wait_for)
 
 ANSWERS = ["38.5℃", "10㎎", "Ⅱ型糖尿病", "Ⅲ度房室传导阻滞", "½片", "（见附件）", "0.5㎖", "阿司匹林",
-           "iron deficiency anaemia", "苯二氮䓬类", "鱻龘素"]
+           "iron deficiency anaemia", "苯二氮䓬类", "鱻龘素", "肺癌ⅡA期", "NYHAⅢ级", "CKDⅣ期", "1½片", "98.6℉",
+           "心率\u200b80次", "10 ㎎ qd"]
 
 
 def restorer_of(folder, num_beams=1):
