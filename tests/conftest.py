@@ -131,7 +131,8 @@ def clinical_sentences(count=2400, seed=0):
         disease, symptom, drug, exam = RARE_CASE if rng.random() < 0.002 else rng.choice(CLINICAL_CASES)
         lines.append(rng.choice(CLINICAL_TEMPLATES).format(
             sex=rng.choice("男女"), age=rng.randint(18, 90), symptom=symptom, days=rng.randint(1, 14),
-            temperature=rng.choice(["36.8", "37.5", "38.5", "39.2"]), pressure=rng.choice(["120/80", "140/90", "160/95"]),
+            temperature=rng.choice(["36.8", "37.5", "38.5", "39.2"]),
+            pressure=rng.choice(["120/80", "140/90", "160/95"]),
             disease=disease, drug=drug, dose=rng.choice([5, 10, 20, 40]), times=rng.randint(1, 3),
             years=rng.randint(1, 20), exam=exam, year=rng.randint(2019, 2026), month=rng.randint(1, 12)))
     return lines
@@ -183,6 +184,18 @@ def same_weights(first, second):
 
 def trainer_state(checkpoint):
     return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def as_if_trained(model, spread):
+    """Draw a peft model's LoRA B matrices at random, as training would leave them: they start at zero,
+    which would hide a wrong merge."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, spread)
+    return model.eval()
 
 
 def learned(folder, examples=16):

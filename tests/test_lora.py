@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, offline_environment, same_weights, tiny_run_arguments, trainer_state, wait_for
+from conftest import ROOT, as_if_trained, offline_environment, same_weights, tiny_run_arguments, trainer_state, wait_for
 
 LORA = dict(LORA_RANK=8, MAX_STEPS=30, EVAL_STEPS=10, SAVE_STEPS=10, LOGGING_STEPS=5,
             METRIC_FOR_BEST_MODEL="char_accuracy", LEARNING_RATE=3e-3)
@@ -83,12 +83,8 @@ def test_the_merged_weights_compute_what_base_plus_adapter_compute(tmp_path, sma
     from modeling import attach_lora, build_tiny_t5, model_saver
 
     tokenizer, model = build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)
-    model = attach_lora(model, {**tool.default_config(), "LORA_RANK": 4, "LORA_TARGET_MODULES": "q,v,wi"})
-    with torch.no_grad():  # adapters as after training (B starts at zero, which would hide a wrong merge)
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    model.eval()
+    config = {**tool.default_config(), "LORA_RANK": 4, "LORA_TARGET_MODULES": "q,v,wi"}
+    model = as_if_trained(attach_lora(model, config), 0.5)
     model_saver(model, tokenizer)(str(tmp_path / "best"))
     batch = tokenizer(["患者<extra_id_0>入院。", "Plan: <extra_id_0>."], text_target=["<extra_id_0>胸痛", "<extra_id_0>x"],
                       return_tensors="pt", padding=True)

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from conftest import (clinical_lexicon, same_weights, tiny_run_arguments, trainer_state, wait_for)
+from conftest import as_if_trained, clinical_lexicon, same_weights, tiny_run_arguments, trainer_state, wait_for
 
 ANSWERS = ["38.5℃", "10㎎", "Ⅱ型糖尿病", "Ⅲ度房室传导阻滞", "½片", "（见附件）", "0.5㎖", "阿司匹林",
            "iron deficiency anaemia", "苯二氮䓬类", "鱻龘素", "肺癌ⅡA期", "NYHAⅢ级", "CKDⅣ期", "1½片", "98.6℉",
@@ -271,12 +271,7 @@ def test_lora_best_of_an_mt5_shaped_model_computes_what_the_adapters_compute(mt5
 
     tokenizer = AutoTokenizer.from_pretrained(mt5_folder)
     model = AutoModelForSeq2SeqLM.from_pretrained(mt5_folder)
-    model = attach_lora(model, {**tool.default_config(), "LORA_RANK": 4})
-    with torch.no_grad():  # adapters as after training (B starts at zero, which would hide a wrong merge)
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
-    model.eval()
+    model = as_if_trained(attach_lora(model, {**tool.default_config(), "LORA_RANK": 4}), 0.05)
     model_saver(model, tokenizer)(str(tmp_path / "best"))
     batch = tokenizer(["体温<extra_id_0>，予<extra_id_1>口服。"], text_target=["<extra_id_0>38.5℃<extra_id_1>布洛芬"],
                       return_tensors="pt")
@@ -297,10 +292,7 @@ def test_a_bf16_base_is_merged_from_the_weights_it_was_loaded_with(mt5_folder):
     loaded = AutoModelForSeq2SeqLM.from_pretrained(mt5_folder)
     original = {name: tensor.clone() for name, tensor in loaded.state_dict().items()}
     model = attach_lora(loaded, {**tool.default_config(), "LORA_RANK": 4, "LORA_TARGET_MODULES": "q,v"}, bf16=True)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
+    as_if_trained(model, 0.05)
     assert model.get_base_model().shared.weight.dtype == torch.bfloat16
     merged = merged_model(model).state_dict()
     assert torch.equal(merged["shared.weight"], original["shared.weight"])  # not its bf16 rounding

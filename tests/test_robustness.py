@@ -258,38 +258,33 @@ def test_resume_reports_changed_batch_size_data_and_schedule(run_train, finished
     assert [record["learning_rate"] for record in records if record["step"] > 20 and "loss" in record] == [1e-4, 1e-4]
 
 
-def test_a_changed_metric_for_best_model_is_reported_and_compared_afresh(run_train, finished_run, tmp_path,
-                                                                         small_data):
+@pytest.mark.parametrize("changes, refused_says, warned_says, metric", [
+    (dict(METRIC_FOR_BEST_MODEL="span_accuracy", MAX_STEPS=30),
+     ["metric_for_best_model eval_loss -> eval_span_accuracy"],
+     ["METRIC_FOR_BEST_MODEL changed from eval_loss (checkpoint) to eval_span_accuracy",
+      "Early stopping: METRIC_FOR_BEST_MODEL changed",
+      "Early stopping: active from now on; reference eval_span_accuracy"], "eval_span_accuracy"),
+    # Fewer beams or other validation data change what span_accuracy means as well.
+    (dict(NUM_BEAMS=2, GEN_EVAL_SAMPLES=8, MAX_STEPS=30),
+     ["num_beams 4 -> 2", "gen_eval_samples 16 -> 8"],
+     ["The evaluation changed since the checkpoint (gen_eval_samples 16 -> 8; num_beams 4 -> 2)",
+      "Early stopping: the evaluation changed since the checkpoint",
+      "Early stopping: active from now on; reference eval_loss"], "eval_loss"),
+])
+def test_a_changed_evaluation_is_reported_and_early_stopping_and_best_compare_afresh(
+        run_train, finished_run, tmp_path, small_data, changes, refused_says, warned_says, metric):
+    """Figures of another evaluation are not comparable: refused, or early stopping and best/ start over."""
     output = copy_of(finished_run, tmp_path)
-    changes = dict(METRIC_FOR_BEST_MODEL="span_accuracy", MAX_STEPS=30)
-    refused = run_train(tiny_run_arguments(small_data, output, RESUME_CHANGES="refuse", **changes))
-    assert refused.returncode == 2 and "metric_for_best_model eval_loss -> eval_span_accuracy" in refused.stderr
-    warned = run_train(tiny_run_arguments(small_data, output, **changes))
-    assert warned.returncode == 0, warned.stdout[-3000:] + warned.stderr[-3000:]
-    assert "METRIC_FOR_BEST_MODEL changed from eval_loss (checkpoint) to eval_span_accuracy" in warned.stdout
-    assert "Early stopping: METRIC_FOR_BEST_MODEL changed" in warned.stdout
-    assert "Early stopping: active from now on; reference eval_span_accuracy" in warned.stdout
-    # An accuracy is never compared with a loss: the first evaluation on the new metric takes best/.
-    record = json.loads((output / "best" / "best_model.json").read_text())
-    assert record["metric"] == "eval_span_accuracy" and record["step"] == 30
-
-
-def test_a_changed_evaluation_is_reported_and_early_stopping_and_best_compare_afresh(run_train, finished_run,
-                                                                                      tmp_path, small_data):
-    """Fewer beams or other validation data change what span_accuracy means: figures from before are
-    not comparable, so early stopping and best/ start over from the next evaluation."""
-    output = copy_of(finished_run, tmp_path)
-    changes = dict(NUM_BEAMS=2, GEN_EVAL_SAMPLES=8, MAX_STEPS=30)
     refused = run_train(tiny_run_arguments(small_data, output, RESUME_CHANGES="refuse", **changes))
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "num_beams 4 -> 2" in refused.stderr and "gen_eval_samples 16 -> 8" in refused.stderr
+    assert all(phrase in refused.stderr for phrase in refused_says), refused.stderr[-3000:]
     warned = run_train(tiny_run_arguments(small_data, output, **changes))
     assert warned.returncode == 0, warned.stdout[-3000:] + warned.stderr[-3000:]
-    assert "The evaluation changed since the checkpoint (gen_eval_samples 16 -> 8; num_beams 4 -> 2)" in warned.stdout
-    assert "Early stopping: the evaluation changed since the checkpoint" in warned.stdout
-    assert "Early stopping: active from now on; reference eval_loss" in warned.stdout
+    assert all(phrase in warned.stdout for phrase in warned_says), warned.stdout[-3000:]
+    # An accuracy is never compared with a loss, nor a 2-beam figure with a 4-beam one: the first
+    # evaluation of the new kind takes best/, better or not.
     record = json.loads((output / "best" / "best_model.json").read_text())
-    assert record["step"] == 30  # the first evaluation of the new kind takes best/, better or not
+    assert record["metric"] == metric and record["step"] == 30
 
 
 def test_two_processes_split_the_restorations_of_an_evaluation_and_agree_with_one(run_train, tmp_path, small_data,
