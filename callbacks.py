@@ -17,96 +17,18 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from report import format_duration, plot_run
+from domainfocus.checkpoints import SaveFailed, fact_changes, save_atomically, saved_facts, write_error
+from domainfocus.console import format_duration
+from domainfocus.curves import plot_run
+from domainfocus.distributed import agree, main_process_value
 
 logger = logging.getLogger("domainfocus")
-
-
-class SaveFailed(Exception):
-    """A save could not be written (disk full, no permission); earlier saves are intact."""
-
-
-def write_error(error):
-    """The reason a write failed, in a few words. A full disk surfaces as OSError from Python,
-    RuntimeError from torch.save and SafetensorError from safetensors, so any exception counts."""
-    return error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
-
-
-def save_atomically(save_function, target):
-    """Write a folder through `save_function(temporary_folder)`, then swap it into `target`.
-
-    A crash or a second Ctrl+C while writing leaves the previous `target` untouched; the only
-    window without `target` lies between two renames, and `recover_interrupted_saves` mends it.
-    A full disk or a missing permission raises SaveFailed and also leaves `target` untouched.
-    """
-    target = os.path.abspath(target)
-    temporary, previous = target + ".tmp", target + ".old"
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        save_function(temporary)
-    except Exception as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise SaveFailed(f"could not write {target}: {write_error(error)}") from error
-    if os.path.isdir(target):
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(target, previous)
-    os.replace(temporary, target)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def agree(args, value, total=False):
-    """The largest `value` over all processes, or with `total` their sum (just `value` in a single process).
-
-    Under torchrun every process must stop at the same step, or the others wait forever in the
-    next gradient all-reduce; every call site is one that all processes reach together.
-    """
-    if args.world_size <= 1:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor([float(value)], device=args.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if total else dist.ReduceOp.MAX)
-    return type(value)(tensor.item())
-
-
-def main_process_value(args, value):
-    """`value` as the main process has it, on every process (just `value` in a single process).
-
-    Decisions taken by each process alone could differ; with the main process's value every
-    process takes the same one."""
-    if args.world_size <= 1:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=args.device)
-    dist.broadcast(tensor, src=0)
-    return tensor.item()
-
-
-def recover_interrupted_saves(folder):
-    """Undo what an interrupted `save_atomically` left behind in `folder`."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if name.endswith(".tmp"):
-            shutil.rmtree(path, ignore_errors=True)
-        elif name.endswith(".old"):
-            target = path[: -len(".old")]
-            if os.path.isdir(target):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.replace(path, target)
-                logger.warning("Restored %s from the copy kept during an interrupted save.", target)
 
 
 def is_better(value, best, greater_is_better):
@@ -558,16 +480,9 @@ class ResumeCheck(TrainerCallback, ExportableState):
     def state(self):
         return {"args": {}, "attributes": {"facts": self.facts}}
 
-    @staticmethod
-    def saved_facts(checkpoint):
-        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
-            saved = json.load(handle).get("stateful_callbacks", {}).get("ResumeCheck", {})
-        return saved.get("attributes", {}).get("facts", {})
-
     def on_train_begin(self, args, state, control, **kwargs):
         saved = (state.stateful_callbacks or {}).get(type(self).__name__, {}).get("attributes", {}).get("facts", {})
-        changed = [f"{name} {saved[name]} -> {self.facts[name]}" for name in self.evaluation
-                   if name in saved and saved[name] != self.facts.get(name)]
+        changed = fact_changes(saved, {name: self.facts.get(name) for name in self.evaluation})
         metric = self.facts.get("metric_for_best_model")
         if state.global_step and changed:
             # The checkpoint's best value is of another evaluation (a loss is no accuracy): start afresh.
@@ -591,6 +506,4 @@ class ResumeCheck(TrainerCallback, ExportableState):
 
     def differences(self, checkpoint):
         """One phrase per fact that differs from `checkpoint` (empty when it predates this check)."""
-        saved = self.saved_facts(checkpoint)
-        return [f"{name} {saved[name]} -> {value}" for name, value in self.facts.items()
-                if name in saved and saved[name] != value]
+        return fact_changes(saved_facts(checkpoint, type(self).__name__), self.facts)

@@ -21,8 +21,9 @@ import os
 import signal
 import sys
 
-from restoration import Restorer, from_markers, from_sentinels, target_lengths
-from spans import SENTINEL, restoration_metrics
+from domainfocus.damage import from_markers, from_sentinels, target_lengths
+from domainfocus.restoration import Restorer
+from domainfocus.spans import SENTINEL, restoration_metrics
 
 FORMATS = ("txt", "jsonl", "csv", "tsv")
 
@@ -158,7 +159,7 @@ def main(argv=None):
     examples = read_documents(options.input, options)
     lexicon = []
     if options.lexicon:
-        from prepare import PrepareError, read_lexicon
+        from domainfocus.masking import PrepareError, read_lexicon
 
         try:
             lexicon = read_lexicon(options.lexicon)

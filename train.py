@@ -5,6 +5,7 @@ Override a constant for one run:       python train.py --EVAL_STEPS=500 --OUTPUT
 Try it on the bundled demo (CPU):      python train.py --demo
 Check the plan without training:        python train.py --check   (also with --demo and overrides)
 Redraw the curves of a run:             python train.py --plot runs/demo
+List the constants with their help:     python train.py --help
 Ctrl+C stops after the current step and saves; running the same command again resumes.
 """
 
@@ -91,21 +92,35 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 
-from modeling import clear_previous_run, find_checkpoint, lora_problem
-from report import is_main_process, report_memory, setup_logging, write_json_atomically, write_text
-from settings import TINY_MODEL, ConfigError, check_config, metric_for_best_model, parse_value
+# The engine's light modules are imported here; torch, transformers and the modules built on them
+# (callbacks.py, domainfocus/trainer.py) take seconds, so they are imported only once the checks
+# have passed and a run or a plan starts: a typo in the constants is answered in a tenth of a second.
+from domainfocus.checkpoints import (SaveFailed, base_facts, clear_previous_run, data_facts, evaluation_facts,
+                                     find_checkpoint, nothing_left_to_train, recover_interrupted_saves,
+                                     save_atomically, write_json_atomically, write_text)
+from domainfocus.console import setup_logging
+from domainfocus.curves import plot_run
+from domainfocus.data import (DataError, MaskedExamples, MaskingCollator, check_data, first_examples, load_data,
+                              texts_of)
+from domainfocus.distributed import agree, is_main_process, leave_process_group
+from domainfocus.memory import memory_plan, planned_state, report_memory
+from domainfocus.modeling import adapter_problem, attach_lora, load_model, lora_problem, model_saver, trim_model
+from domainfocus.report import (masking_record, masking_text, model_card, plan_record, plan_text, run_record, schedule,
+                                summarize)
+from domainfocus.restoration import Decoding
+from domainfocus.settings import (SETTINGS, TINY_MODEL, ConfigError, check_config, help_text, lora_targets,
+                                  metric_for_best_model, parse_value)
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SAVE_FAILED = 2, 3, 4  # and 128 + signal number after an interrupt
 logger = logging.getLogger("domainfocus")
 
 
 def default_config():
-    """The constants block above, as a dict: the single source of every setting."""
-    return {name: value for name, value in globals().items() if re.fullmatch(r"[A-Z][A-Z0-9_]*", name)
-            and not name.startswith("EXIT_")
-            and name not in ("DEMO", "TINY_MODEL")}
+    """The constants block above, as a dict of every setting the schema in domainfocus/settings.py names."""
+    return {setting.name: globals()[setting.name] for setting in SETTINGS}
 
 
 def parse_arguments(argv, config):
@@ -120,7 +135,7 @@ def parse_arguments(argv, config):
         match = re.fullmatch(r"--([A-Za-z0-9_]+)=(.*)", argument, flags=re.S)
         if not match:
             raise ConfigError(f"{argument!r}: arguments look like --NAME=value (for example --EVAL_STEPS=500), "
-                              "--demo, --check or --plot OUTPUT_DIR.")
+                              "--demo, --check, --help or --plot OUTPUT_DIR.")
         name, text = match.groups()
         if name not in config:
             close = difflib.get_close_matches(name.upper(), list(config), n=1, cutoff=0.5)
@@ -131,16 +146,18 @@ def parse_arguments(argv, config):
 
 
 def main(argv):
-    from data import check_data
 
     if argv[:1] == ["--plot"]:
         return plot_only(argv[1:])
+    if "--help" in argv or "-h" in argv:
+        print(help_text(__file__, parse_arguments([a for a in argv if a not in ("--help", "-h")], default_config())[0]))
+        return 0
     # 1. Constants, command line, data files: every check that needs no model, within a second.
     config, flags = parse_arguments(argv, default_config())
     check_config(config)
     check_data(config)
-    checkpoint, skipped = find_checkpoint(config)
-    problem = checkpoint and lora_problem(checkpoint, config)
+    checkpoint, skipped = find_checkpoint(config["OUTPUT_DIR"], config["RESUME"], config["OVERWRITE_OUTPUT_DIR"])
+    problem = checkpoint and lora_problem(checkpoint, config["LORA_RANK"], config["LORA_ALPHA"], lora_targets(config))
     if problem:
         raise ConfigError(f"{checkpoint} cannot be resumed with LORA_RANK={config['LORA_RANK']}: {problem}; or start "
                           "afresh in another OUTPUT_DIR.")
@@ -164,7 +181,6 @@ def main(argv):
 
 def plot_only(arguments):
     """--plot OUTPUT_DIR: redraw training_curves.png from metrics.jsonl, without training."""
-    from report import plot_run
 
     if len(arguments) != 1 or not os.path.isfile(os.path.join(arguments[0], "metrics.jsonl")):
         raise ConfigError("--plot needs one OUTPUT_DIR that holds a metrics.jsonl, e.g. --plot runs/demo.")
@@ -180,14 +196,9 @@ def plot_only(arguments):
 
 def check_plan(config, checkpoint):
     """--check: tokenize the data and print what the run would do; exit 0 when everything is ready."""
-    import tempfile
-
-    from data import load_data
-    from modeling import load_model
-    from report import masking_record, masking_text, memory_plan, plan_record, plan_text, planned_state, schedule
 
     setup_logging(None)
-    from trainer import choose_precision
+    from domainfocus.trainer import choose_precision
 
     choose_precision(config["PRECISION"])
     tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
@@ -214,10 +225,7 @@ def train(config, flags, checkpoint, interrupt):
     import torch
     from transformers import set_seed
 
-    from callbacks import recover_interrupted_saves
-    from data import evaluation_facts
-    from report import run_record
-    from trainer import choose_precision, training_arguments
+    from domainfocus.trainer import choose_precision, training_arguments
 
     output_dir = config["OUTPUT_DIR"]
     started = time.monotonic()
@@ -253,24 +261,9 @@ def train(config, flags, checkpoint, interrupt):
     return exit_code
 
 
-def leave_process_group():
-    """Under torchrun: wait until every process is done, then close their group. A process that
-    leaves while the main one still saves best/ and latest/ can abort in the communication
-    library's teardown (SIGABRT), and torchrun then stops the main one with SIGTERM mid-save."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def load_model_and_data(config, checkpoint, args, precision_flags):
     """(tokenizer, model, datasets, counts, the validation file: for raw text the one masked once and
     kept in OUTPUT_DIR); the memory plan is printed before the weights load."""
-    from data import load_data
-    from modeling import adapter_problem, attach_lora, load_model, trim_model
-    from report import masking_record, masking_text
-    from restoration import Decoding
 
     # A trimmed run resumes with the trimmed vocabulary its checkpoint holds. A LoRA checkpoint holds
     # only the adapters: its base is built again from MODEL_NAME_OR_PATH (and trimmed again).
@@ -287,7 +280,9 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
     tokenizer, model = load_model(*model_source, weights=trim or (name == TINY_MODEL and not base_checkpoint))
     if trim:
         try:
-            tokenizer, model = trim_model(tokenizer, model, config)
+            tokenizer, model = trim_model(tokenizer, model, [
+                text for path in (config["TRAIN_FILE"], config["VALID_FILE"]) if path
+                for text in texts_of(path, config["INPUT_COLUMN"], config["TARGET_COLUMN"])])
         except ValueError as error:  # a tokenizer that is not SentencePiece
             raise ConfigError(f"TRIM_VOCAB=True: {error} Set TRIM_VOCAB=False for this model.") from None
     with args.main_process_first(desc="tokenizing"):  # under torchrun the others then read its cache
@@ -304,7 +299,8 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
              max_new_tokens=config["MAX_TARGET_LENGTH"], whole_tokens=train["longest_input"],
              window_tokens=math.ceil(train["input_tokens"] / max(train["examples"], 1))).save_to(model)
     if lora:
-        model = attach_lora(model, config, bf16=precision_flags["bf16"])
+        model = attach_lora(model, config["LORA_RANK"], config["LORA_ALPHA"], config["LORA_DROPOUT"],
+                            lora_targets(config), bf16=precision_flags["bf16"])
         problem = checkpoint and adapter_problem(checkpoint, model)
         if problem:
             raise ConfigError(f"{checkpoint} cannot be resumed with LORA_TARGET_MODULES="
@@ -321,10 +317,7 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, val
 
     from callbacks import (BestModelCallback, CurvesCallback, DelayedEarlyStopping, LiveProgressBar,
                            MetricsFileCallback, NonFiniteGuard, SafeDetailedProgressCallback)
-    from data import MaskedExamples, MaskingCollator, first_examples
-    from modeling import model_saver
-    from report import model_card
-    from trainer import DomainFocusTrainer
+    from domainfocus.trainer import DomainFocusTrainer
 
     output_dir = config["OUTPUT_DIR"]
     # Labels are padded with -100, so the loss covers real target tokens only.
@@ -359,16 +352,14 @@ def ready_to_resume(config, trainer, checkpoint, evaluation):
     """Record what a later resume must match; report (or refuse) what changed since `checkpoint`.
     False when the checkpoint has nothing left to train."""
     from callbacks import ResumeCheck
-    from data import data_facts
-    from modeling import base_facts, nothing_left_to_train
 
     args = trainer.args
     max_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     resume_check = ResumeCheck(effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps *
                                args.world_size, processes=args.world_size,
                                max_steps=max_steps, learning_rate=config["LEARNING_RATE"], seed=config["SEED"],
-                               **data_facts(config),
-                               **base_facts(config, trainer.model), evaluation=tuple(evaluation), **evaluation)
+                               **data_facts(config), **base_facts(config["MODEL_NAME_OR_PATH"], trainer.model),
+                               evaluation=tuple(evaluation), **evaluation)
     trainer.add_callback(resume_check)
     changed = checkpoint and resume_check.differences(checkpoint)
     if changed and config["RESUME_CHANGES"] == "refuse":
@@ -387,8 +378,6 @@ def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, s
     """latest/, the curves and the summary after training; returns the exit code."""
     import torch
 
-    from callbacks import agree, save_atomically
-    from report import plot_run, summarize
 
     args, output_dir, guard = trainer.args, config["OUTPUT_DIR"], trainer.guard
     # After NaN/inf the weights still hold the last good update (bad ones were skipped); only
@@ -430,7 +419,6 @@ def quit_now(signal_number, frame=None):
 
 def run(argv):
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
-    from data import DataError
 
     signal.signal(signal.SIGINT, quit_now)
     signal.signal(signal.SIGTERM, quit_now)
@@ -439,11 +427,7 @@ def run(argv):
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as error:
-        from callbacks import SaveFailed  # already loaded whenever a save can have failed
-
-        if not isinstance(error, SaveFailed):
-            raise
+    except SaveFailed as error:
         print(f"error: {error}; free disk space or fix the folder's permissions, then run the same command again "
               "to resume from the newest complete checkpoint.", file=sys.stderr)
         return EXIT_SAVE_FAILED

@@ -146,7 +146,7 @@ def clinical_lexicon():
 def mt5_folder(tmp_path_factory):
     """A tiny mT5-shaped model folder (NFKC SentencePiece, multi-character pieces, <unk> for unseen
     characters, an untied LM head), built in seconds from clinical notes and the demo corpus."""
-    from modeling import build_tiny_mt5
+    from domainfocus.modeling import build_tiny_mt5
 
     texts = clinical_sentences() + (ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()
     return build_tiny_mt5(texts, str(tmp_path_factory.mktemp("mt5") / "model"))
@@ -155,7 +155,7 @@ def mt5_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def clinical_data(tmp_path_factory):
     """train.jsonl / valid.jsonl masked from the clinical notes by prepare.py's rules (lexicon terms whole)."""
-    from prepare import Lexicon, Masker
+    from domainfocus.masking import Lexicon, Masker
 
     folder = tmp_path_factory.mktemp("clinical")
     masker = Masker(Lexicon(clinical_lexicon(), []), 0.6, 0.7, 0.22, 3, 0.0, 0)

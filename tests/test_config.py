@@ -95,8 +95,8 @@ def test_typo_on_the_command_line_exits_2_with_one_line(run_train, tmp_path):
 
 
 def test_restoration_metrics_can_pick_the_best_model():
-    from settings import metric_for_best_model
-    from trainer import training_arguments
+    from domainfocus.settings import metric_for_best_model
+    from domainfocus.trainer import training_arguments
 
     config = {**default_config(), "METRIC_FOR_BEST_MODEL": "span_accuracy", "OUTPUT_DIR": "unused"}
     check_config(config)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import tiny_run_arguments
-from data import DataError, check_jsonl, check_sentinels
+from domainfocus.data import DataError, check_jsonl, check_sentinels
 
 GOOD = {"inputs": "患者出现<extra_id_0>症状。", "targets": "<extra_id_0>胸痛<extra_id_1>"}
 
@@ -136,7 +136,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_run_untouched(case, run_tra
 
 
 def test_a_file_that_passed_is_not_parsed_again_until_it_changes(tmp_path, monkeypatch):
-    import data
+    import domainfocus.data as data
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     path = write(tmp_path / "train.jsonl", [json.dumps(GOOD)])

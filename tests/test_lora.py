@@ -19,8 +19,9 @@ WITHOUT_PEFT = """
 import json, sys
 sys.modules["peft"] = None
 sys.path.insert(0, ".")
-from restoration import Restorer, from_sentinels, target_lengths
-from spans import restoration_metrics
+from domainfocus.damage import from_sentinels, target_lengths
+from domainfocus.restoration import Restorer
+from domainfocus.spans import restoration_metrics
 folder, valid, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 pairs = [json.loads(line) for line in open(valid, encoding="utf-8").read().splitlines()[:count]]
 restorer = Restorer.load(folder)
@@ -80,11 +81,10 @@ def test_the_merged_weights_compute_what_base_plus_adapter_compute(tmp_path, sma
     from transformers import AutoModelForSeq2SeqLM
 
     import train as tool
-    from modeling import attach_lora, build_tiny_t5, model_saver
+    from domainfocus.modeling import attach_lora, build_tiny_t5, model_saver
 
     tokenizer, model = build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)
-    config = {**tool.default_config(), "LORA_RANK": 4, "LORA_TARGET_MODULES": "q,v,wi"}
-    model = as_if_trained(attach_lora(model, config), 0.5)
+    model = as_if_trained(attach_lora(model, 4, tool.LORA_ALPHA, tool.LORA_DROPOUT, ["q", "v", "wi"]), 0.5)
     model_saver(model, tokenizer)(str(tmp_path / "best"))
     batch = tokenizer(["患者<extra_id_0>入院。", "Plan: <extra_id_0>."], text_target=["<extra_id_0>胸痛", "<extra_id_0>x"],
                       return_tensors="pt", padding=True)
@@ -101,14 +101,14 @@ def test_the_merged_weights_compute_what_base_plus_adapter_compute(tmp_path, sma
 
 def test_the_memory_plan_counts_the_adapters_peft_creates(small_data):
     import train as tool
-    from modeling import attach_lora, build_tiny_t5
-    from report import static_memory
+    from domainfocus.modeling import attach_lora, build_tiny_t5
+    from domainfocus.memory import static_memory
 
     config = {**tool.default_config(), "LORA_RANK": 8}
     _, model = build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)
     parameters = model.num_parameters()
     planned = static_memory(model, "adamw_torch", 8, config["LORA_TARGET_MODULES"].split(","), half=True)
-    model = attach_lora(model, config)
+    model = attach_lora(model, 8, tool.LORA_ALPHA, tool.LORA_DROPOUT, config["LORA_TARGET_MODULES"].split(","))
     trainable, _ = model.get_nb_trainable_parameters()
     tensors = sum(parameter.requires_grad for parameter in model.parameters())
     assert planned["gradients"] == 4 * trainable  # fp32 gradients of exactly the adapters
@@ -153,15 +153,15 @@ def test_a_changed_base_is_told_apart_from_the_same_base_loaded_again(small_data
     import torch
 
     import train as tool
-    from modeling import attach_lora, base_facts, build_tiny_t5
-
-    config = {**tool.default_config(), "LORA_RANK": 4, "MODEL_NAME_OR_PATH": "tiny-local-t5"}
+    from domainfocus.checkpoints import base_facts
+    from domainfocus.modeling import attach_lora, build_tiny_t5
 
     def facts(change=0.0):
         model = build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)[1]
         with torch.no_grad():
             model.shared.weight[0, 0] += change
-        return base_facts(config, attach_lora(model, config))
+        lora = attach_lora(model, 4, tool.LORA_ALPHA, tool.LORA_DROPOUT, tool.LORA_TARGET_MODULES.split(","))
+        return base_facts("tiny-local-t5", lora)
 
     assert facts() == facts() and facts() != facts(0.01)
-    assert base_facts({**config, "LORA_RANK": 0}, build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)[1]) == {}
+    assert base_facts("tiny-local-t5", build_tiny_t5(str(small_data[0]), "inputs", "targets", 42)[1]) == {}

@@ -15,7 +15,7 @@ from conftest import ROOT, same_weights, tiny_run_arguments, wait_for, write_lin
 TRACED_TRAIN = """
 import json, os, runpy, sys
 sys.path.insert(0, os.getcwd())
-import data
+import domainfocus.data as data
 trace = open(os.environ["MASK_TRACE"], "a", encoding="utf-8")
 masked = data.MaskedExamples.masked
 def traced(self, epoch, index):
@@ -86,8 +86,8 @@ def test_a_resumed_epoch_shows_the_model_exactly_the_masks_of_an_uninterrupted_o
 
 def test_static_masks_are_the_same_every_epoch_and_fresh_ones_differ(raw_data):
     """FRESH_MASKS is the one constant between the two, and the masks follow prepare.py's rules."""
-    from data import MaskedExamples, build_masker, read_pieces
-    from prepare import MASKABLE_CHARACTER
+    from domainfocus.data import MaskedExamples, build_masker, read_pieces
+    from domainfocus.masking import MASKABLE_CHARACTER
     from train import default_config
 
     config = {**default_config(), "TRAIN_FILE": str(raw_data[0]), "LEXICON_FILE": str(raw_data[1])}
@@ -99,7 +99,7 @@ def test_static_masks_are_the_same_every_epoch_and_fresh_ones_differ(raw_data):
     assert static[7] == fresh[7]  # epoch 0 is the same either way
     assert sum(fresh[index] != fresh[size + index] for index in range(size)) > 0.7 * size
     # In any epoch: punctuation is never masked, and every gap holds at least one maskable character.
-    from spans import parse_spans
+    from domainfocus.spans import parse_spans
 
     for index in range(size):
         inputs, targets = fresh[5 * size + index]
@@ -110,8 +110,8 @@ def test_static_masks_are_the_same_every_epoch_and_fresh_ones_differ(raw_data):
 
 
 def test_validation_is_held_out_by_document_and_masked_once(tmp_path, raw_data):
-    from data import load_raw, read_pieces
-    from modeling import build_tiny_t5
+    from domainfocus.data import load_raw, read_pieces
+    from domainfocus.modeling import build_tiny_t5
     from train import default_config
 
     # Numbered, so that no two documents are alike (the demo sentences repeat).

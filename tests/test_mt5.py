@@ -17,7 +17,7 @@ ANSWERS = ["38.5℃", "10㎎", "Ⅱ型糖尿病", "Ⅲ度房室传导阻滞", "�
 
 
 def restorer_of(folder, num_beams=1):
-    from restoration import Restorer
+    from domainfocus.restoration import Restorer
 
     return Restorer.load(str(folder), device="cpu", num_beams=num_beams)
 
@@ -54,8 +54,8 @@ def test_the_true_text_of_every_gap_is_within_reach_of_the_length_constraint(mod
     close exactly at its number of lost characters, although NFKC writes ℃ as °C, ㎎ as mg, Ⅱ as II."""
     import torch
 
-    from constraint import SpanConstraint, TokenTable
-    from lengths import source_length
+    from domainfocus.constraint import SpanConstraint, TokenTable
+    from domainfocus.lengths import source_length
 
     restorer = request.getfixturevalue(model)
     table = TokenTable(restorer.tokenizer, restorer.model.get_output_embeddings().weight.shape[0])
@@ -80,7 +80,7 @@ def test_a_gap_shows_the_character_its_length_calls_for(mt5, monkeypatch):
 
 
 def test_a_character_the_vocabulary_cannot_write_is_marked_and_flagged_unless_the_lexicon_knows_it(mt5, monkeypatch):
-    from restoration import Restorer
+    from domainfocus.restoration import Restorer
 
     mt5.restore(["x□"])
     tokens = mt5.span_tokens(["鱻龘素"])[0]
@@ -117,7 +117,7 @@ def test_every_token_the_constraint_allows_leaves_a_way_to_close_the_gap_at_its_
 
     import torch
 
-    from constraint import SpanConstraint, TokenTable
+    from domainfocus.constraint import SpanConstraint, TokenTable
 
     restorer = request.getfixturevalue(model)
     table = TokenTable(restorer.tokenizer, restorer.model.get_output_embeddings().weight.shape[0])
@@ -154,7 +154,7 @@ def test_every_token_the_constraint_allows_leaves_a_way_to_close_the_gap_at_its_
 
 
 def test_nothing_is_hidden_and_every_length_is_exact_on_clinical_text(mt5_run):
-    from lengths import source_length
+    from domainfocus.lengths import source_length
 
     restorer = restorer_of(mt5_run / "best", num_beams=4)
     lines = ["患者男，□□岁，因□□□□□□□□2天入院。查体：体温□□□□□，血压140/90mmHg。",
@@ -185,7 +185,8 @@ def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, request):
 
     import torch
 
-    from restoration import Candidate, Decoding, Restorer, from_sentinels
+    from domainfocus.damage import from_sentinels
+    from domainfocus.restoration import Candidate, Decoding, Restorer
 
     base = request.getfixturevalue(model)
     terms = clinical_lexicon()
@@ -267,11 +268,12 @@ def test_lora_best_of_an_mt5_shaped_model_computes_what_the_adapters_compute(mt5
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     import train as tool
-    from modeling import attach_lora, model_saver
+    from domainfocus.modeling import attach_lora, model_saver
 
     tokenizer = AutoTokenizer.from_pretrained(mt5_folder)
     model = AutoModelForSeq2SeqLM.from_pretrained(mt5_folder)
-    model = as_if_trained(attach_lora(model, {**tool.default_config(), "LORA_RANK": 4}), 0.05)
+    model = as_if_trained(attach_lora(model, 4, tool.LORA_ALPHA, tool.LORA_DROPOUT, tool.LORA_TARGET_MODULES.split(",")),
+                          0.05)
     model_saver(model, tokenizer)(str(tmp_path / "best"))
     batch = tokenizer(["体温<extra_id_0>，予<extra_id_1>口服。"], text_target=["<extra_id_0>38.5℃<extra_id_1>布洛芬"],
                       return_tensors="pt")
@@ -287,11 +289,11 @@ def test_a_bf16_base_is_merged_from_the_weights_it_was_loaded_with(mt5_folder):
     from transformers import AutoModelForSeq2SeqLM
 
     import train as tool
-    from modeling import attach_lora, merged_model
+    from domainfocus.modeling import attach_lora, merged_model
 
     loaded = AutoModelForSeq2SeqLM.from_pretrained(mt5_folder)
     original = {name: tensor.clone() for name, tensor in loaded.state_dict().items()}
-    model = attach_lora(loaded, {**tool.default_config(), "LORA_RANK": 4, "LORA_TARGET_MODULES": "q,v"}, bf16=True)
+    model = attach_lora(loaded, 4, tool.LORA_ALPHA, tool.LORA_DROPOUT, ["q", "v"], bf16=True)
     as_if_trained(model, 0.05)
     assert model.get_base_model().shared.weight.dtype == torch.bfloat16
     merged = merged_model(model).state_dict()
@@ -306,14 +308,13 @@ def test_adapters_on_other_layers_than_the_checkpoints_are_refused(mt5_folder, t
     from transformers import AutoModelForSeq2SeqLM
 
     import train as tool
-    from modeling import adapter_problem, attach_lora, lora_problem
+    from domainfocus.modeling import adapter_problem, attach_lora, lora_problem
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 16, "target_modules": ["q", "v"]}))
-    config = {**tool.default_config(), "LORA_RANK": 4}
     # A layer every T5 has is refused before anything loads; one the model may lack once it has loaded.
-    assert "on q,v; set those" in lora_problem(tmp_path, {**config, "LORA_TARGET_MODULES": "q,v,o"})
-    assert lora_problem(tmp_path, {**config, "LORA_TARGET_MODULES": "q,v,wi"}) is None
-    same = attach_lora(AutoModelForSeq2SeqLM.from_pretrained(mt5_folder), {**config, "LORA_TARGET_MODULES": "q,v,wi"})
+    assert "on q,v; set those" in lora_problem(tmp_path, 4, 16, ["q", "v", "o"])
+    assert lora_problem(tmp_path, 4, 16, ["q", "v", "wi"]) is None
+    same = attach_lora(AutoModelForSeq2SeqLM.from_pretrained(mt5_folder), 4, 16, tool.LORA_DROPOUT, ["q", "v", "wi"])
     assert adapter_problem(tmp_path, same) is None  # mT5 has no "wi" (its feed-forward is wi_0, wi_1)
-    more = attach_lora(AutoModelForSeq2SeqLM.from_pretrained(mt5_folder), {**config, "LORA_TARGET_MODULES": "q,v,o"})
+    more = attach_lora(AutoModelForSeq2SeqLM.from_pretrained(mt5_folder), 4, 16, tool.LORA_DROPOUT, ["q", "v", "o"])
     assert "set LORA_TARGET_MODULES='q,v'" in adapter_problem(tmp_path, more)

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from data import check_sentinels
-from prepare import UNIT, Lexicon, Masker, cut_examples, parse_options, prepare
-from spans import fill_spans, parse_spans
+from domainfocus.data import check_sentinels
+from domainfocus.masking import UNIT, Lexicon, Masker, cut_examples
+from prepare import parse_options, prepare
+from domainfocus.spans import fill_spans, parse_spans
 
 FIXTURES = ROOT / "tests" / "fixtures"
 

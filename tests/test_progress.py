@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from transformers import TrainerControl, TrainerState
 
 from callbacks import SafeDetailedProgressCallback
-from report import format_duration
+from domainfocus.console import format_duration
 
 ARGS = SimpleNamespace(train_batch_size=4, gradient_accumulation_steps=8, world_size=1, eval_steps=100)
 

@@ -165,8 +165,8 @@ def test_memory_planner_static_figures_equal_the_real_tensors_after_a_step(finis
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from modeling import load_model
-    from report import static_memory
+    from domainfocus.modeling import load_model
+    from domainfocus.memory import static_memory
 
     folder = str(finished_run[0] / "best" if kind == "tied demo T5" else untied_mt5_folder)
     _, shapes = load_model(folder, None, None, None, None, 0, weights=False)
@@ -190,8 +190,8 @@ def test_memory_planner_static_figures_equal_the_real_tensors_after_a_step(finis
 
 
 def test_memory_plan_names_changes_that_fit(finished_run):
-    from modeling import load_model
-    from report import memory_plan
+    from domainfocus.modeling import load_model
+    from domainfocus.memory import memory_plan
     from train import default_config
 
     _, shapes = load_model(str(finished_run[0] / "best"), None, None, None, None, 0, weights=False)
@@ -206,7 +206,7 @@ def test_memory_plan_names_changes_that_fit(finished_run):
 def test_curves_follow_the_data_when_early_stopping_starts_far_beyond_it():
     """A start step of a million must not squeeze 2,000 steps into a sliver; a first loss of 30 must not
     flatten the later changes."""
-    from report import draw_curves
+    from domainfocus.curves import draw_curves
 
     steps = range(10, 2001, 10)
     series = {"loss": {step: 30 / (1 + step / 10) for step in steps},

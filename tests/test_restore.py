@@ -13,7 +13,7 @@ import unicodedata
 import pytest
 
 from conftest import ROOT, offline_environment
-from spans import SENTINEL, fill_spans, parse_spans
+from domainfocus.spans import SENTINEL, fill_spans, parse_spans
 
 LINE = "患者因□□□□□□入院，首选检查为□□□，给予□□□□治疗。"
 
@@ -29,7 +29,7 @@ def records_of(path):
 
 @pytest.fixture(scope="module")
 def restorer(finished_run):
-    from restoration import Restorer
+    from domainfocus.restoration import Restorer
 
     return Restorer.load(str(finished_run[0] / "best"), device="cpu")
 
@@ -110,7 +110,7 @@ def test_each_span_gets_exactly_as_many_characters_as_it_has_markers(finished_ru
 
 
 def test_jsonl_lengths_are_honoured(restorer):
-    from restoration import from_sentinels
+    from domainfocus.damage import from_sentinels
 
     document = from_sentinels("患者因<extra_id_0>入院，给予<extra_id_1>治疗。", [2, 5])
     [result] = restorer.restore_documents([document])
@@ -120,8 +120,8 @@ def test_jsonl_lengths_are_honoured(restorer):
 def test_a_known_length_masks_what_would_overshoot_and_any_length_does_not(restorer):
     import torch
 
-    from constraint import SpanConstraint, TokenTable
-    from restoration import from_markers
+    from domainfocus.constraint import SpanConstraint, TokenTable
+    from domainfocus.damage import from_markers
 
     assert [span.length for span in from_markers("患者因□入院，给予□□治疗。", any_length=True).spans] == [None, None]
     table = TokenTable(restorer.tokenizer, restorer.model.config.vocab_size)
@@ -149,9 +149,9 @@ def test_bad_lengths_in_jsonl_are_a_one_line_error(finished_run, tmp_path, hf_ho
 # --- 3. whole documents of any length ----------------------------------------------------------------
 
 def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exactly_its_length(restorer):
-    from restoration import from_markers
-    from spans import SENTENCE_END
-    from windows import cut_windows
+    from domainfocus.damage import from_markers
+    from domainfocus.spans import SENTENCE_END
+    from domainfocus.windows import cut_windows
 
     sentences = [json.loads(line)["inputs"] for line in (ROOT / "demo" / "valid.jsonl").read_text().splitlines()]
     plain = SENTINEL.sub("", " ".join(sentences))[:3000]
@@ -187,8 +187,9 @@ def test_a_3000_character_line_with_40_lost_spans_gets_all_40_back_each_with_exa
 
 def test_a_full_stop_right_before_a_gap_does_not_end_the_sentence(restorer):
     """`38.□` lost its decimals: the window must keep the number whole, not cut it at the point."""
-    from restoration import Decoding, from_markers
-    from windows import cut_windows
+    from domainfocus.damage import from_markers
+    from domainfocus.restoration import Decoding
+    from domainfocus.windows import cut_windows
 
     line = "患者因胸痛入院，予阿司匹林口服。查体：体温3□.□℃，心率□□次/分，血压正常。复查心电图未见异常。"
     decoding = Decoding(max_input_length=128, whole_tokens=12, window_tokens=24)
@@ -221,9 +222,9 @@ def test_a_text_without_gaps_is_rewritten_in_sentence_windows_and_a_cut_rewrite_
     truncated; an output that the token budget ended before </s> is flagged, not passed as whole."""
     import torch
 
-    from restoration import from_sentinels
-    from spans import SENTENCE_END
-    from windows import Cutter, plain_pieces
+    from domainfocus.damage import from_sentinels
+    from domainfocus.spans import SENTENCE_END
+    from domainfocus.windows import Cutter, plain_pieces
 
     lines = (ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:60]
     long_text = "\n".join(" ".join(lines[start:start + 3]) for start in range(0, 60, 3))  # paragraphs of three
@@ -252,7 +253,7 @@ def test_a_text_without_gaps_is_rewritten_in_sentence_windows_and_a_cut_rewrite_
 def test_confidence_is_the_models_probability_of_the_span_and_its_closing_sentinel(restorer):
     import torch
 
-    from restoration import Decoding, Restorer
+    from domainfocus.restoration import Decoding, Restorer
 
     beams = Restorer(restorer.model, restorer.tokenizer, Decoding(num_beams=4, max_input_length=128,
                                                                   max_new_tokens=64))
@@ -276,7 +277,8 @@ def test_confidence_is_the_models_probability_of_the_span_and_its_closing_sentin
 # --- 5. lexicon-aware restoration ------------------------------------------------------------------
 
 def test_a_lexicon_term_the_model_prefers_is_chosen_and_one_that_does_not_fit_never_is(restorer, monkeypatch):
-    from restoration import Restorer, from_sentinels
+    from domainfocus.damage import from_sentinels
+    from domainfocus.restoration import Restorer
 
     text = "<extra_id_0>患者常表现为胸骨后压榨性疼痛，首选检查为心电图。"
     plain = Restorer(restorer.model, restorer.tokenizer, restorer.decoding)
@@ -306,7 +308,7 @@ def test_jsonl_with_targets_is_restored_and_scored_exactly_like_the_training_eva
     output_dir, _ = finished_run
     saved = json.loads((output_dir / "best" / "generation_config.json").read_text())
     assert (saved["num_beams"], saved["max_input_length"], saved["max_new_tokens"]) == (4, 128, 64)
-    from restoration import Decoding, Restorer
+    from domainfocus.restoration import Decoding, Restorer
 
     restorer = Restorer.load(str(output_dir / "best"), device="cpu")
     # Windows of long documents are sized like the training inputs: the longest is restored whole.

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT, learned, offline_environment, same_weights, tiny_run_arguments, trainer_state, wait_for, weights
-from modeling import checkpoint_problem
+from domainfocus.checkpoints import checkpoint_problem
 
 SLOW_SAVES = {"PYTHONPATH": str(ROOT / "tests" / "slow_saves")}  # every checkpoint write takes seconds
 

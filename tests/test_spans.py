@@ -2,7 +2,7 @@
 
 import pytest
 
-from spans import fill_spans, levenshtein, parse_spans, restoration_metrics
+from domainfocus.spans import fill_spans, levenshtein, parse_spans, restoration_metrics
 
 TARGET = "<extra_id_0>急性心肌梗死<extra_id_1>溶栓<extra_id_2>"
 

@@ -182,7 +182,7 @@ def test_batches_are_grouped_by_length_from_a_precomputed_list(finished_run, tmp
     import datasets
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainingArguments
 
-    from trainer import DomainFocusTrainer
+    from domainfocus.trainer import DomainFocusTrainer
 
     lengths = [(index * 37) % 200 + 1 for index in range(512)]
     data = datasets.Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "labels": [[5]] * 512,
@@ -210,7 +210,7 @@ def test_batches_are_grouped_by_length_from_a_precomputed_list(finished_run, tmp
 def test_shuffled_batch_order_keeps_every_batch_whole():
     import torch
 
-    from trainer import shuffled_batch_order
+    from domainfocus.trainer import shuffled_batch_order
 
     indices = list(range(100, 203))  # 10 batches of 10 and a short one of 3
     order = shuffled_batch_order(indices, 10, torch.Generator().manual_seed(1))
@@ -224,7 +224,7 @@ def test_shuffled_batch_order_keeps_every_batch_whole():
 
 def test_speed_knob_constants_reach_the_trainer(tmp_path):
     import train
-    import trainer
+    import domainfocus.trainer as trainer
 
     config = {**train.default_config(), "OUTPUT_DIR": str(tmp_path), "TORCH_COMPILE": True, "DATALOADER_WORKERS": 2}
     args = trainer.training_arguments(config, {})
@@ -233,7 +233,7 @@ def test_speed_knob_constants_reach_the_trainer(tmp_path):
 
 
 def test_knob_benchmark_measures_speed_after_the_compiling_steps():
-    from bench import after_compilation
+    from benchmarks.speed import after_compilation
 
     # 10 s of compiling, then 100 steps of 0.1 s with 1000 tokens each: 10,000 tokens/s after compiling.
     timeline = [(0.0, 0), (10.0, 1000)] + [(10.0 + 0.1 * k, 1000 + 1000 * k) for k in range(1, 101)]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from bench import large_vocabulary_folder
+from benchmarks.vocabulary import large_vocabulary_folder
 from conftest import tiny_run_arguments
-from modeling import model_saver, trim_vocabulary
+from domainfocus.modeling import model_saver, trim_vocabulary
 
 
 @pytest.fixture(scope="module")

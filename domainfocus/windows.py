@@ -15,7 +15,7 @@ span is restored exactly once.
 import dataclasses
 import itertools
 
-from spans import MAX_SENTINELS, MAX_SPANS, SENTENCE_END, sentinel
+from domainfocus.spans import MAX_SENTINELS, MAX_SPANS, SENTENCE_END, sentinel
 
 UNKNOWN_SPAN_TARGET_TOKENS = 8  # target tokens planned for a span of unknown length
 

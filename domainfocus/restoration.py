@@ -1,9 +1,9 @@
 """Restoration: a damaged text in, restored text out, every lost span accounted for.
 
-One definition of decoding, shared by evaluation during training (trainer.py) and restore.py,
+One definition of decoding, shared by evaluation during training (domainfocus/trainer.py) and restore.py,
 so that best/ restores exactly as it was evaluated. Use it from Python:
 
-    from restoration import Restorer
+    from domainfocus.restoration import Restorer
     restorer = Restorer.load("runs/demo/best")               # once
     results = restorer.restore(["予阿□□□□治疗。"])          # any number of texts, any length
 
@@ -33,10 +33,11 @@ import heapq
 import itertools
 import math
 
-from constraint import SpanConstraint, TokenTable
-from lengths import UNKNOWN, foldable, reachable_counts, shown, source_length
-from spans import SENTINEL, SPECIAL_TOKENS, build_targets, parse_spans, sentinel
-from windows import Cutter, cut_windows, plain_pieces
+from domainfocus.damage import Span, from_markers
+from domainfocus.constraint import SpanConstraint, TokenTable
+from domainfocus.lengths import UNKNOWN, foldable, reachable_counts, shown, source_length
+from domainfocus.spans import SPECIAL_TOKENS, build_targets, sentinel
+from domainfocus.windows import Cutter, cut_windows, plain_pieces
 
 REVIEW_MARKS = ("⟦", "⟧")  # around a restoration flagged for review in `restored`
 LEXICON_NODES_PER_SPAN = 4096  # safety valve of the exact lexicon search; a span that reaches it is counted
@@ -73,58 +74,6 @@ class Decoding:
         # A generation config derived from the model config drops unknown keys when it is loaded
         # again (transformers 5); marked as a config of its own, it keeps length_aware and max_input_length.
         model.generation_config._from_model_config = False
-
-
-@dataclasses.dataclass
-class Span:
-    marker: str  # what marks the loss in the input: "□□□" or "<extra_id_3>"; kept when not restored
-    length: int | None  # lost characters (lengths.source_length), None when unknown
-    unit: str = "□"  # the marker of one character: shows characters the model could not write
-
-
-@dataclasses.dataclass
-class Document:
-    text: str  # the input as given
-    parts: list  # str (undamaged text) and Span, in order; "".join of them, markers included, is `text`
-    plain: bool = False  # a text-to-text input without sentinels: the whole output is the restoration
-
-    @property
-    def spans(self):
-        return [part for part in self.parts if isinstance(part, Span)]
-
-
-def from_markers(text, marker="□", any_length=False):
-    """A text where each run of `marker` is one lost span of as many characters as markers."""
-    import re
-
-    runs = re.compile("(?:" + re.escape(marker) + ")+")
-    parts, position = [], 0
-    for match in runs.finditer(text):
-        parts += [text[position:match.start()],
-                  Span(match.group(), None if any_length else len(match.group()) // len(marker), marker)]
-        position = match.end()
-    parts.append(text[position:])
-    return Document(text, [part for part in parts if part != ""])
-
-
-def from_sentinels(text, lengths=None):
-    """A text in sentinel format; `lengths` gives each sentinel's lost characters (None entries: unknown).
-
-    Without any sentinel it is a text-to-text input: the whole generated text is its restoration."""
-    if not SENTINEL.search(text):
-        return Document(text, [text], plain=True)
-    parts, position = [], 0
-    for number, match in enumerate(SENTINEL.finditer(text)):
-        length = lengths[number] if lengths and number < len(lengths) else None
-        parts += [text[position:match.start()], Span(match.group(), length)]
-        position = match.end()
-    parts.append(text[position:])
-    return Document(text, [part for part in parts if part != ""])
-
-
-def target_lengths(targets):
-    """Each target span's source length: what a marker run would have shown."""
-    return [source_length(text) or None for _, text in sorted(parse_spans(targets).items())]
 
 
 @dataclasses.dataclass

@@ -10,7 +10,9 @@ import json
 import logging
 import os
 
-from spans import SENTINEL
+from domainfocus.distributed import is_main_process
+from domainfocus.masking import Lexicon, Masker, PrepareError, read_documents, read_lexicon, split_documents
+from domainfocus.spans import SENTINEL
 
 logger = logging.getLogger("domainfocus")
 
@@ -261,7 +263,6 @@ def masking_mode(config):
 def check_raw_text(config):
     """The checks of a raw-text run that need no model, within a second: files, lexicons, and how
     TRAIN_FILE, VALID_FILE and LEXICON_FILE fit together."""
-    from prepare import PrepareError, read_lexicon
 
     train_file, valid_file, lexicon = config["TRAIN_FILE"], config["VALID_FILE"], config["LEXICON_FILE"]
     for constant in ("TRAIN_FILE", "VALID_FILE"):
@@ -299,8 +300,7 @@ def check_data(config):
 
 
 def build_masker(config):
-    """prepare.py's Masker with the masking constants of train.py."""
-    from prepare import Lexicon, Masker, read_lexicon
+    """The Masker prepare.py uses, with the masking constants of train.py."""
 
     hard = read_lexicon(config["HARD_LEXICON_FILE"]) if config["HARD_LEXICON_FILE"] else []
     return Masker(Lexicon(read_lexicon(config["LEXICON_FILE"]), hard), config["TERM_MASK_PROB"],
@@ -310,7 +310,6 @@ def build_masker(config):
 def read_pieces(path, config, valid_ratio):
     """{"train": [examples], "valid": [examples]} cut from a raw text file as prepare.py cuts them,
     whole documents held out for validation with probability `valid_ratio`."""
-    from prepare import PrepareError, read_documents, split_documents
 
     pieces = {"train": [], "valid": []}
     try:
@@ -453,7 +452,6 @@ def load_raw(config, tokenizer, folder, sample=2000):
     The validation set is masked once, with the seed "SEED:valid:i", never redrawn: from VALID_FILE
     (raw text is masked, prepared JSON Lines is used as it is) or, with VALID_FILE='', from the
     documents of TRAIN_FILE held out with probability VALID_RATIO (the rule of prepare.py)."""
-    from report import is_main_process
 
     masker = build_masker(config)
     valid_file = config["VALID_FILE"]
@@ -495,28 +493,3 @@ def load_data(config, tokenizer, folder, sample=2000):
     return {"train": train, **datasets_by_split}, counts, validation
 
 
-def data_facts(config):
-    """What a resume must find unchanged about the data: the training file's fingerprint, and for
-    raw text the lexicons and masking settings too."""
-    if masking_mode(config) == "prepared":
-        return {"training_data": file_fingerprint(config["TRAIN_FILE"])}
-    files = [file_fingerprint(config[name]) for name in ("TRAIN_FILE", "LEXICON_FILE", "HARD_LEXICON_FILE")
-             if config[name]]
-    return {"training_data": "+".join(files), **{name: config[name] for name in MASKING_CONSTANTS}}
-
-
-# The constants that decide what an evaluation measures, besides the metric and the validation data:
-# figures taken with others are not comparable (a change on resume is reported, and best/ is compared
-# afresh). SEED decides it only through the validation masks of raw text, which the data's fingerprint covers.
-EVALUATION_CONSTANTS = ("GEN_EVAL_SAMPLES", "NUM_BEAMS", "MAX_INPUT_LENGTH", "MAX_TARGET_LENGTH")
-
-
-def evaluation_facts(config, valid_file):
-    """What the figures of an evaluation depend on: the validation examples (the file evaluated, for
-    raw text the one masked once) and the evaluation constants, named as the resume check reports them."""
-    return {"validation_data": file_fingerprint(valid_file), **{name.lower(): config[name] for name in EVALUATION_CONSTANTS}}
-
-
-# The constants that decide the masks of a raw-text run (a change on resume is reported).
-MASKING_CONSTANTS = ("FRESH_MASKS", "TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", "MAX_SPAN", "MAX_CHARS",
-                     "NOISE", "VALID_RATIO", "DOCUMENTS", "TEXT_FIELD")

@@ -1,16 +1,15 @@
 """Models for train.py: loading (hub name, local folder, or the tiny T5 built locally for the demo
-and the tests), their shapes for the memory plan, checkpoint checks, vocabulary trimming, and
-saving best/ and latest/. The Trainer itself is in trainer.py.
+and the tests, or its mT5-shaped sibling), their shapes for the memory plan, vocabulary trimming,
+LoRA adapters and their exact merge, and saving best/ and latest/. Where runs live on disk is
+checkpoints.py's subject; the Trainer itself is trainer.py's.
 """
 
 import json
 import logging
 import os
-import re
-import shutil
 import tempfile
 
-from settings import TINY_MODEL, ConfigError
+from domainfocus.settings import TINY_MODEL, ConfigError
 logger = logging.getLogger("domainfocus")
 
 
@@ -27,7 +26,7 @@ def build_tiny_t5(train_file, input_column, target_column, seed, vocab_size=1000
     import torch
     from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
 
-    from data import DataError, texts_of
+    from domainfocus.data import DataError, texts_of
 
     texts = list(texts_of(train_file, input_column, target_column))
     if extra_text:
@@ -158,108 +157,6 @@ def model_shapes(config, untied_head):
     return model
 
 
-def checkpoint_problem(path):
-    """Why `path` cannot be resumed from, or None when it is complete and readable.
-
-    Written by hand: transformers' get_last_checkpoint also returns a checkpoint that a crash left
-    half-written. trainer_state.json is the last file the Trainer writes; the weights and the
-    optimizer state are checked for truncation without loading them (a header and a zip index).
-    """
-    import zipfile
-
-    from safetensors import safe_open  # reads only the header; torch is not needed
-
-    try:
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
-            json.load(handle)
-    except FileNotFoundError:
-        return "incomplete, interrupted while saving (no trainer_state.json)"
-    except (OSError, ValueError):
-        return "trainer_state.json is damaged"
-    weights = [name for name in os.listdir(path) if name.endswith(".safetensors")]
-    if not weights:
-        return "no model weights (*.safetensors)"
-    for name in weights + ["optimizer.pt", "scheduler.pt"]:
-        try:
-            if name.endswith(".safetensors"):
-                with safe_open(os.path.join(path, name), "numpy"):
-                    pass
-            else:
-                zipfile.ZipFile(os.path.join(path, name)).close()
-        except Exception:  # safetensors and zipfile raise several types for a damaged file
-            return f"{name} is missing or damaged"
-    return None
-
-
-# What a run writes into OUTPUT_DIR besides its checkpoints (RESUME=None with OVERWRITE_OUTPUT_DIR clears them).
-OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png",
-                "validation.jsonl", "tensorboard")
-
-
-def find_checkpoint(config):
-    """(checkpoint to resume from or None for a fresh start, [skipped damaged checkpoints]).
-
-    Refuses to clobber a finished run."""
-    output_dir, resume = config["OUTPUT_DIR"], config["RESUME"]
-    if resume not in (None, "auto"):
-        problem = checkpoint_problem(resume) if os.path.isdir(resume) else "no such folder"
-        if problem:
-            raise ConfigError(f"RESUME={resume}: cannot resume from it ({problem}); use RESUME='auto' or another one.")
-        return resume, []
-    checkpoints = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            match = re.fullmatch(r"checkpoint-(\d+)", name)  # the Trainer's folder names
-            if match:
-                checkpoints.append((int(match.group(1)), os.path.join(output_dir, name)))
-    skipped = []
-    if resume == "auto":
-        for _, path in sorted(checkpoints, reverse=True):
-            problem = checkpoint_problem(path)
-            if not problem:
-                return path, skipped
-            skipped.append(f"Skipping {path}: {problem}; trying the one before it.")
-        # A fresh start here would overwrite best/ and mix two runs in metrics.jsonl.
-        earlier = [name for name in ("best", "latest", "metrics.jsonl") if os.path.exists(os.path.join(output_dir, name))]
-        if earlier:
-            damaged = "; ".join(f"{os.path.basename(path)}: {checkpoint_problem(path)}" for _, path in
-                                sorted(checkpoints, reverse=True)) or "none left"
-            raise ConfigError(f"OUTPUT_DIR={output_dir} holds an earlier run ({', '.join(earlier)}) but no checkpoint to "
-                              f"resume from (checkpoints skipped: {damaged}): to start over in it set RESUME=None and "
-                              "OVERWRITE_OUTPUT_DIR=True, or choose another OUTPUT_DIR.")
-        return None, skipped
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not config["OVERWRITE_OUTPUT_DIR"]:
-        raise ConfigError(f"OUTPUT_DIR={output_dir} already holds a run: set RESUME='auto' to continue it, "
-                          "choose another OUTPUT_DIR, or add --OVERWRITE_OUTPUT_DIR=True to start over.")
-    return None, []
-
-
-def clear_previous_run(output_dir):
-    """RESUME=None with OVERWRITE_OUTPUT_DIR: remove an earlier run's outputs, nothing else."""
-    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-        if name.startswith("checkpoint") or name in OUTPUT_FILES:
-            path = os.path.join(output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
-def nothing_left_to_train(checkpoint, max_steps, patience):
-    """Why resuming `checkpoint` would train nothing (schedule done or stopped early), else None.
-
-    Without this check the Trainer runs one step past the end of a finished schedule, and an
-    early-stopped run trains until its next evaluation only to stop again.
-    """
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
-        state = json.load(handle)
-    if state["global_step"] >= max_steps:
-        return (f"{checkpoint} already reached step {state['global_step']} of {max_steps}; "
-                "raise MAX_STEPS or NUM_EPOCHS to train further.")
-    early_stopping = state.get("stateful_callbacks", {}).get("DelayedEarlyStopping", {}).get("attributes", {})
-    if early_stopping.get("patience_counter", 0) >= patience:
-        return (f"{checkpoint} was stopped early after {early_stopping['patience_counter']} evaluations without "
-                "improvement; raise EARLY_STOPPING_PATIENCE to continue it.")
-    return None
-
-
 def model_saver(model, tokenizer):
     """best/ and latest/ hold only what from_pretrained needs: safetensors weights, config, tokenizer.
     With LoRA the weights are the merged full model, and the adapter alone goes to adapter/."""
@@ -275,8 +172,8 @@ def model_saver(model, tokenizer):
     return save
 
 
-def attach_lora(model, config, bf16=False):
-    """LoRA adapters of LORA_RANK on the LORA_TARGET_MODULES layers that `model` has; every other
+def attach_lora(model, rank, alpha, dropout, targets, bf16=False):
+    """LoRA adapters of `rank` (scale `alpha` / `rank`) on the layers named in `targets` that `model` has; every other
     weight is frozen, in bf16 when `bf16` (peft keeps the adapters in fp32). After trimming (the
     adapters never see the dropped rows). The returned model carries `base_checksum`, a checksum
     of the base weights taken here, on the CPU before training moves them to a GPU, and with bf16
@@ -285,12 +182,10 @@ def attach_lora(model, config, bf16=False):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from settings import lora_targets
-
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [name for name in lora_targets(config) if name in present]
+    given, targets = ",".join(targets), [name for name in targets if name in present]
     if not targets:
-        raise ConfigError(f"LORA_TARGET_MODULES: none of LORA_TARGET_MODULES={config['LORA_TARGET_MODULES']!r} is a "
+        raise ConfigError(f"LORA_TARGET_MODULES: none of LORA_TARGET_MODULES={given!r} is a "
                           "layer of this model; choose among its linear layers.")
     with torch.no_grad():
         checksum = sum(float(parameter.abs().sum(dtype=torch.float64)) for parameter in model.parameters())
@@ -298,8 +193,7 @@ def attach_lora(model, config, bf16=False):
     if bf16:  # the frozen base in bf16 halves its memory
         full_precision = {name: tensor.detach() for name, tensor in model.state_dict().items()}
         model = model.to(torch.bfloat16)
-    lora = LoraConfig(r=config["LORA_RANK"], lora_alpha=config["LORA_ALPHA"], lora_dropout=config["LORA_DROPOUT"],
-                      target_modules=targets, task_type="SEQ_2_SEQ_LM")
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="SEQ_2_SEQ_LM")
     model = get_peft_model(model, lora)
     # Gradient checkpointing recomputes layers from their inputs; with the embeddings frozen those
     # inputs need requires_grad, or no gradient reaches the adapters.
@@ -307,17 +201,9 @@ def attach_lora(model, config, bf16=False):
     model.base_checksum = checksum
     model.full_precision_base = full_precision
     trainable, total = model.get_nb_trainable_parameters()
-    logger.info("LoRA rank %d on %s: %.2f M of %.1f M parameters are trained (%.2f%%).", config["LORA_RANK"],
+    logger.info("LoRA rank %d on %s: %.2f M of %.1f M parameters are trained (%.2f%%).", rank,
                 ", ".join(sorted(targets)), trainable / 1e6, total / 1e6, 100 * trainable / total)
     return model
-
-
-def base_facts(config, model):
-    """With LoRA: which frozen base the adapters are trained on (its name and the checksum
-    attach_lora took), for the resume check: a resume loads the base again from MODEL_NAME_OR_PATH."""
-    checksum = getattr(model, "base_checksum", None)
-    return {} if checksum is None else {
-        "base_model": f"{config['MODEL_NAME_OR_PATH']} (weights checksum {checksum:.10g})"}
 
 
 def merged_model(peft_model):
@@ -357,23 +243,21 @@ def merged_model(peft_model):
     return plain
 
 
-def lora_problem(checkpoint, config):
-    """Why `checkpoint` cannot go on with this LoRA setting (adapters of another shape cannot be
-    loaded into these), else None."""
-    from settings import lora_targets
-
+def lora_problem(checkpoint, rank, alpha, targets):
+    """Why `checkpoint` cannot go on with adapters of `rank` and `alpha` on `targets` (adapters of
+    another shape cannot be loaded into these; rank 0: full fine-tuning), else None."""
     path = os.path.join(checkpoint, "adapter_config.json")
     saved = None
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             saved = json.load(handle)
-    if not saved and not config["LORA_RANK"]:
+    if not saved and not rank:
         return None
     if not saved:
         return "it holds full weights, not LoRA adapters: set LORA_RANK=0 to resume it"
-    if not config["LORA_RANK"]:
+    if not rank:
         return f"it holds LoRA adapters of rank {saved['r']}: set LORA_RANK={saved['r']} to resume it"
-    now = (config["LORA_RANK"], float(config["LORA_ALPHA"]), sorted(lora_targets(config)))
+    now = (rank, float(alpha), sorted(targets))
     before = (saved["r"], float(saved["lora_alpha"]), sorted(saved["target_modules"]))
     # Every T5 and mT5 has q, k, v, o and wo; whether it has wi or wi_0 / wi_1 shows once it is loaded
     # (adapter_problem).
@@ -454,12 +338,9 @@ def trim_vocabulary(tokenizer, model, texts, folder):
     return trimmed, model
 
 
-def trim_model(tokenizer, model, config):
-    """TRIM_VOCAB: trim to the tokens of TRAIN_FILE and VALID_FILE, and log what it saved."""
-    from data import texts_of
-
-    texts = [text for path in (config["TRAIN_FILE"], config["VALID_FILE"]) if path
-             for text in texts_of(path, config["INPUT_COLUMN"], config["TARGET_COLUMN"])]
+def trim_model(tokenizer, model, texts):
+    """TRIM_VOCAB: trim to the tokens of `texts` (those of the training and validation files), and log
+    what it saved."""
     before, tokens = model.num_parameters(), len(tokenizer)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer, model = trim_vocabulary(tokenizer, model, texts, folder)

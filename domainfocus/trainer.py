@@ -13,11 +13,12 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallba
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from callbacks import SaveFailed, write_error
-from data import MaskedExamples
-from settings import ConfigError, metric_for_best_model
-from restoration import Decoding, Restorer, from_sentinels, target_lengths
-from spans import SENTINEL, restoration_metrics
+from domainfocus.checkpoints import SaveFailed, write_error
+from domainfocus.data import MaskedExamples
+from domainfocus.settings import ConfigError, metric_for_best_model
+from domainfocus.damage import from_sentinels, target_lengths
+from domainfocus.restoration import Decoding, Restorer
+from domainfocus.spans import SENTINEL, restoration_metrics
 
 logger = logging.getLogger("domainfocus")
 
@@ -109,10 +110,11 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
     an uninterrupted and in a resumed run, and in every process under torchrun.
     """
 
-    def __init__(self, *args, seed=0, epoch_in_index=False, **kwargs):
+    def __init__(self, *args, seed=0, epoch_in_index=False, shuffle_batches=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
         self.epoch_in_index = epoch_in_index  # yield epoch * len + index, for data.MaskedExamples
+        self.shuffle_batches = shuffle_batches  # False: transformers' order, longest to shortest (bench.py --only order)
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
@@ -120,7 +122,9 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
 
     def __iter__(self):
-        order = shuffled_batch_order(list(super().__iter__()), self.batch_size, self.generator)
+        order = list(super().__iter__())
+        if self.shuffle_batches:
+            order = shuffled_batch_order(order, self.batch_size, self.generator)
         offset = self.epoch * len(self.lengths) if self.epoch_in_index else 0
         return iter([offset + index for index in order])
 
@@ -160,10 +164,11 @@ class DomainFocusTrainer(Seq2SeqTrainer):
     each gap's length taken from its target as a marker run would show it.
     """
 
-    def __init__(self, *args, generation_examples=(), guard=None, **kwargs):
+    def __init__(self, *args, generation_examples=(), guard=None, shuffle_batches=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_examples = generation_examples
         self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
+        self.shuffle_batches = shuffle_batches  # length-grouped batches in random order; read when training starts
         self.restorer = None  # built at the first evaluation, kept while the model is the same
         self.truncated_examples = 0  # raw text: masked examples cut to the length limits in this process
         self.add_callback(LossWindow(self))
@@ -239,9 +244,9 @@ class DomainFocusTrainer(Seq2SeqTrainer):
         if isinstance(self.train_dataset, MaskedExamples):  # raw text: lengths in characters, epoch in the index
             return ShuffledLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                                 lengths=self.train_dataset.lengths, seed=self.args.seed,
-                                                epoch_in_index=True)
+                                                epoch_in_index=True, shuffle_batches=self.shuffle_batches)
         sampler = super()._get_train_sampler(self.train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
             sampler = ShuffledLengthGroupedSampler(sampler.batch_size, lengths=length_list(self.train_dataset),
-                                                   seed=self.args.seed)
+                                                   seed=self.args.seed, shuffle_batches=self.shuffle_batches)
         return sampler

@@ -11,8 +11,8 @@ import bisect
 import re
 import unicodedata
 
-from lengths import KINDS, UNKNOWN, kind, lowest_count, read
-from spans import MAX_SENTINELS, SENTINEL, sentinel
+from domainfocus.lengths import KINDS, UNKNOWN, kind, lowest_count, read
+from domainfocus.spans import MAX_SENTINELS, SENTINEL, sentinel
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 EXCLUDED, BLANK = -1, 0  # what TokenTable.characters holds for a token never in a span, and for "▁"
@@ -85,7 +85,7 @@ class TokenTable:
         if begun not in self.continuations:
             import torch
 
-            from lengths import PLACEHOLDERS, foldable, kept_apart, reachable_counts
+            from domainfocus.lengths import PLACEHOLDERS, foldable, kept_apart, reachable_counts
 
             added = {}
 
@@ -118,7 +118,7 @@ class TokenTable:
 
     def completable(self, image, done):
         """Whether tokens can write image[done:], the rest of an image, so that it still folds."""
-        from lengths import kept_apart
+        from domainfocus.lengths import kept_apart
 
         rest = image[done:]
         if (image, done) not in self.completions:

@@ -1,0 +1,233 @@
+"""Lexicon-guided masking: the term finder, the masker that turns a text into a T5 span-corruption
+example, and the documents it reads (cut at sentence ends, split into training and validation).
+prepare.py writes its output once; data.py draws it afresh every epoch with the same Masker."""
+
+import json
+import os
+import random
+import re
+import unicodedata
+
+from domainfocus.spans import MAX_SPANS, SENTENCE_END, build_targets, sentinel
+
+# Unicode punctuation (categories P*) of the Basic Multilingual Plane, as one character class:
+# regular expressions test it in C, a hundred times faster than unicodedata per character.
+PUNCTUATION_CLASS = "".join(re.escape(character) for character in map(chr, range(0x10000))
+                            if unicodedata.category(character)[0] == "P")
+PUNCTUATION = re.compile(f"[{PUNCTUATION_CLASS}]")
+MASKABLE_CHARACTER = re.compile(f"[^\\s{PUNCTUATION_CLASS}]")
+UNIT = re.compile(f"[A-Za-z0-9]+|[^\\s{PUNCTUATION_CLASS}]")  # a Latin word or number, or one other character
+
+
+class PrepareError(ValueError):
+    """A problem the user can fix in the files or options."""
+
+
+def maskable(text):
+    """True when `text` may be masked: no punctuation and no leading or trailing whitespace."""
+    return bool(text) and text == text.strip() and not PUNCTUATION.search(text)
+
+
+class Lexicon:
+    """Longest-match term finder: a set of terms indexed by first character and length."""
+
+    def __init__(self, terms, hard_terms=()):
+        self.hard = set(hard_terms)
+        self.terms = set(terms) | self.hard
+        self.lengths = {}
+        for term in self.terms:
+            self.lengths.setdefault(term[0], set()).add(len(term))
+        self.lengths = {first: sorted(lengths, reverse=True) for first, lengths in self.lengths.items()}
+
+    def find(self, text):
+        """[(start, end)] of non-overlapping terms, leftmost-longest; Latin terms only as whole words."""
+        found, position, size = [], 0, len(text)
+        lengths_by_first, terms = self.lengths, self.terms
+        while position < size:
+            lengths = lengths_by_first.get(text[position])
+            if lengths:
+                for length in lengths:
+                    end = position + length
+                    if end <= size and text[position:end] in terms and self.whole_word(text, position, end):
+                        found.append((position, end))
+                        position = end
+                        break
+                else:
+                    position += 1
+            else:
+                position += 1
+        return found
+
+    @staticmethod
+    def whole_word(text, start, end):
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        return not ((text[start].isascii() and text[start].isalnum() and before.isascii() and before.isalnum())
+                    or (text[end - 1].isascii() and text[end - 1].isalnum() and after.isascii() and after.isalnum()))
+
+
+def read_lexicon(path):
+    """Terms from a file with one term per line, optionally "term<TAB>frequency"."""
+    if not os.path.isfile(path):
+        raise PrepareError(f"{path}: no such lexicon file.")
+    terms = []
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        try:
+            for line in handle:
+                term = line.split("\t", 1)[0].strip()
+                if len(term) >= 2 and not term.startswith("#"):
+                    terms.append(term)
+        except UnicodeDecodeError:
+            raise PrepareError(f"{path}: not UTF-8 text; re-save the lexicon as UTF-8.") from None
+    if not terms:
+        raise PrepareError(f"{path}: no terms of two or more characters; one term per line is expected.")
+    return terms
+
+
+def read_documents(paths, documents, text_field):
+    """Yield documents one at a time from .txt and .jsonl files."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise PrepareError(f"--text {path}: no such file.")
+        with open(path, "rb") as handle:
+            paragraph = []
+            for line_number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise PrepareError(f"{path}:{line_number}: not UTF-8 text; re-save the file as UTF-8.") from None
+                if path.endswith(".jsonl"):
+                    if not line:
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise PrepareError(f"{path}:{line_number}: invalid JSON ({error.msg}).") from None
+                    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                        raise PrepareError(f"{path}:{line_number}: needs a string field \"{text_field}\" "
+                                           "(set --text-field, or TEXT_FIELD in train.py).")
+                    if record[text_field].strip():
+                        yield record[text_field].strip()
+                elif documents == "lines":
+                    if line:
+                        yield line
+                elif line:
+                    paragraph.append(line)
+                elif paragraph:
+                    yield "\n".join(paragraph)
+                    paragraph = []
+            if paragraph:
+                yield "\n".join(paragraph)
+
+
+def cut_examples(document, max_chars):
+    """Pieces of at most `max_chars` characters, cut after sentence ends where possible."""
+    if len(document) <= max_chars:  # most documents of a line-per-sentence corpus: no need to look for ends
+        return [document.strip()] if document.strip() else []
+    ends = [match.end() for match in SENTENCE_END.finditer(document)] + [len(document)]
+    pieces, start, last_end = [], 0, 0
+    for end in ends:
+        if end - start > max_chars and last_end > start:
+            pieces.append(document[start:last_end])
+            start = last_end
+        while end - start > max_chars:  # one sentence longer than the limit: cut it hard
+            pieces.append(document[start:start + max_chars])
+            start += max_chars
+        last_end = end
+    pieces.append(document[start:])
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+class Masker:
+    """Chooses the spans of one example: lexicon terms first, then random short spans."""
+
+    def __init__(self, lexicon, term_probability, hard_probability, mask_rate, max_span, noise, seed):
+        self.lexicon = lexicon
+        self.term_probability = term_probability
+        self.hard_probability = hard_probability
+        self.mask_rate = mask_rate
+        self.max_span = max_span
+        self.noise = noise
+        self.reseed(seed)
+
+    def reseed(self, seed):
+        """Start the random draws afresh from `seed` (an int, or a string such as "42:3:1017").
+        train.py reseeds before every example, so an example's masks depend on nothing drawn before."""
+        self.rng = random.Random(seed)
+        # Separate, so that noise never changes the masks.
+        self.noise_rng = random.Random(seed + 2 if isinstance(seed, int) else f"{seed}:noise")
+
+    def choose_spans(self, text, terms_found):
+        """([(start, end, is_term)] sorted and separated by unmasked characters, characters masked,
+        characters that could be masked)."""
+        rng = self.rng
+        maskable_characters = len(MASKABLE_CHARACTER.findall(text))
+        budget = self.mask_rate * maskable_characters
+        taken = [False] * (len(text) + 1)
+        spans, masked = [], 0
+
+        def free(start, end):  # the span and one character on each side are still unmasked
+            return not any(taken[max(start - 1, 0):end + 1])
+
+        def take(start, end, is_term):
+            nonlocal masked
+            for index in range(start, end):
+                taken[index] = True
+            spans.append((start, end, is_term))
+            masked += len(MASKABLE_CHARACTER.findall(text, start, end))
+
+        # Terms that stay visible are left whole: random spans never cut into them.
+        in_term = [False] * (len(text) + 1)
+        for start, end in terms_found:
+            for index in range(start, end):
+                in_term[index] = True
+        for start, end in terms_found:
+            term = text[start:end]
+            probability = self.hard_probability if term in self.lexicon.hard else self.term_probability
+            if len(spans) < MAX_SPANS and maskable(term) and free(start, end) and rng.random() < probability:
+                take(start, end, True)
+        units = [match.span() for match in UNIT.finditer(text)]
+        attempts = 4 * len(units)
+        while masked < budget and len(spans) < MAX_SPANS and attempts > 0 and units:
+            attempts -= 1
+            first = rng.randrange(len(units))
+            last = min(first + rng.randint(1, self.max_span), len(units)) - 1
+            start, end = units[first][0], units[last][1]
+            if maskable(text[start:end]) and free(start, end) and not any(in_term[start:end]):
+                take(start, end, False)
+        return sorted(spans), masked, maskable_characters
+
+    def add_noise(self, text):
+        """Drop or replace about `noise` of the characters, as OCR damage does."""
+        if not self.noise or not text:
+            return text
+        pool = [char for char in text if not char.isspace()] or [" "]
+        damaged = []
+        for char in text:
+            roll = self.noise_rng.random()
+            if char.isspace() or roll >= self.noise:
+                damaged.append(char)
+            elif roll >= self.noise / 2:
+                damaged.append(self.noise_rng.choice(pool))
+        return "".join(damaged)
+
+    def example(self, text):
+        """({"inputs", "targets"}, spans chosen, (characters masked, maskable), lexicon terms found)."""
+        terms_found = self.lexicon.find(text)
+        spans, masked, maskable_characters = self.choose_spans(text, terms_found)
+        inputs, position = [], 0
+        for index, (start, end, _) in enumerate(spans):
+            inputs.append(self.add_noise(text[position:start]) + sentinel(index))
+            position = end
+        inputs.append(self.add_noise(text[position:]))
+        targets = build_targets([text[start:end] for start, end, _ in spans])
+        return {"inputs": "".join(inputs), "targets": targets}, spans, (masked, maskable_characters), terms_found
+
+
+def split_documents(documents, valid_ratio, seed, max_chars):
+    """Yield ("train" or "valid", document, its examples): each whole document goes to validation
+    with probability `valid_ratio`, drawn from `seed`, so no document is in both."""
+    split_rng = random.Random(seed + 1)
+    for document in documents:
+        split = "valid" if split_rng.random() < valid_ratio else "train"
+        yield split, document, cut_examples(document, max_chars)
