@@ -10,7 +10,7 @@ blank-line-separated blocks) where each mask marker (default □) stands for one
 "targets"; `.csv` / `.tsv` with the text in --text-column. `-` reads standard input as text lines.
 Output: JSON Lines, one object per input text, written as it goes (see README, "Using the trained
 model"). With targets, the restoration metrics are the last line of standard output.
-A thin layer over restoration.py; everything runs locally, nothing is downloaded.
+A thin layer over domainfocus/restoration.py; everything runs locally, nothing is downloaded.
 """
 
 import argparse

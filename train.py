@@ -181,7 +181,6 @@ def main(argv):
 
 def plot_only(arguments):
     """--plot OUTPUT_DIR: redraw training_curves.png from metrics.jsonl, without training."""
-
     if len(arguments) != 1 or not os.path.isfile(os.path.join(arguments[0], "metrics.jsonl")):
         raise ConfigError("--plot needs one OUTPUT_DIR that holds a metrics.jsonl, e.g. --plot runs/demo.")
     output_dir = arguments[0]
@@ -196,10 +195,9 @@ def plot_only(arguments):
 
 def check_plan(config, checkpoint):
     """--check: tokenize the data and print what the run would do; exit 0 when everything is ready."""
-
-    setup_logging(None)
     from domainfocus.trainer import choose_precision
 
+    setup_logging(None)
     choose_precision(config["PRECISION"])
     tokenizer, model = load_model(config["MODEL_NAME_OR_PATH"], checkpoint, config["TRAIN_FILE"],
                                   config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"], weights=False)
@@ -378,7 +376,6 @@ def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, s
     """latest/, the curves and the summary after training; returns the exit code."""
     import torch
 
-
     args, output_dir, guard = trainer.args, config["OUTPUT_DIR"], trainer.guard
     # After NaN/inf the weights still hold the last good update (bad ones were skipped); only
     # those are worth a latest/, and best/ stays as it is.
@@ -419,7 +416,6 @@ def quit_now(signal_number, frame=None):
 
 def run(argv):
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
-
     signal.signal(signal.SIGINT, quit_now)
     signal.signal(signal.SIGTERM, quit_now)
     try:

@@ -1,5 +1,7 @@
 """One home for a run's files on disk: atomic saves and their recovery after an interrupt, finding
-the checkpoint to resume from, clearing an earlier run, and the small JSON and text writes.
+the checkpoint to resume from (and whether anything is left to train), clearing an earlier run,
+the small JSON and text writes, and the resume facts: what a checkpoint was trained and evaluated
+with (data, masking, evaluation settings, LoRA base), recorded in it and compared on resume.
 
 A checkpoint is only ever replaced by a complete one: a save goes to a temporary folder and is
 renamed into place, so a Ctrl+C, a crash or a full disk at any moment leaves loadable weights."""
@@ -177,6 +179,11 @@ def nothing_left_to_train(checkpoint, max_steps, patience):
     return None
 
 
+# The constants that decide the masks of a raw-text run (a change on resume is reported).
+MASKING_CONSTANTS = ("FRESH_MASKS", "TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", "MAX_SPAN", "MAX_CHARS",
+                     "NOISE", "VALID_RATIO", "DOCUMENTS", "TEXT_FIELD")
+
+
 def data_facts(config):
     """What a resume must find unchanged about the data: the training file's fingerprint, and for
     raw text the lexicons and masking settings too."""
@@ -197,11 +204,6 @@ def evaluation_facts(config, valid_file):
     """What the figures of an evaluation depend on: the validation examples (the file evaluated, for
     raw text the one masked once) and the evaluation constants, named as the resume check reports them."""
     return {"validation_data": file_fingerprint(valid_file), **{name.lower(): config[name] for name in EVALUATION_CONSTANTS}}
-
-
-# The constants that decide the masks of a raw-text run (a change on resume is reported).
-MASKING_CONSTANTS = ("FRESH_MASKS", "TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", "MAX_SPAN", "MAX_CHARS",
-                     "NOISE", "VALID_RATIO", "DOCUMENTS", "TEXT_FIELD")
 
 
 def base_facts(model_name, model):

@@ -1,4 +1,6 @@
-"""Training data: check JSON Lines files line by line, then load, tokenize and cache them.
+"""Training data: check JSON Lines files line by line, then load, tokenize and cache them; or, for
+raw text, draw masks while training (MaskedExamples, MaskingCollator) with masking.py's Masker and
+a validation set masked once. Files are fingerprinted so that a resume knows when data changed.
 
 Every problem a user can cause raises DataError with one line that names the file, the line
 and the fix; train.py turns it into exit code 2 before any model is loaded.
@@ -263,7 +265,6 @@ def masking_mode(config):
 def check_raw_text(config):
     """The checks of a raw-text run that need no model, within a second: files, lexicons, and how
     TRAIN_FILE, VALID_FILE and LEXICON_FILE fit together."""
-
     train_file, valid_file, lexicon = config["TRAIN_FILE"], config["VALID_FILE"], config["LEXICON_FILE"]
     for constant in ("TRAIN_FILE", "VALID_FILE"):
         path = config[constant]
@@ -301,7 +302,6 @@ def check_data(config):
 
 def build_masker(config):
     """The Masker prepare.py uses, with the masking constants of train.py."""
-
     hard = read_lexicon(config["HARD_LEXICON_FILE"]) if config["HARD_LEXICON_FILE"] else []
     return Masker(Lexicon(read_lexicon(config["LEXICON_FILE"]), hard), config["TERM_MASK_PROB"],
                   config["HARD_TERM_MASK_PROB"], config["MASK_RATE"], config["MAX_SPAN"], config["NOISE"], config["SEED"])
@@ -310,7 +310,6 @@ def build_masker(config):
 def read_pieces(path, config, valid_ratio):
     """{"train": [examples], "valid": [examples]} cut from a raw text file as prepare.py cuts them,
     whole documents held out for validation with probability `valid_ratio`."""
-
     pieces = {"train": [], "valid": []}
     try:
         documents = read_documents([path], config["DOCUMENTS"], config["TEXT_FIELD"])
@@ -349,7 +348,7 @@ class MaskedExamples:
         return len(self.pieces)
 
     def draw(self, epoch, index):
-        """prepare.Masker.example's result for example `index` in `epoch`: (example, spans, counts, terms)."""
+        """masking.Masker.example's result for example `index` in `epoch`: (example, spans, counts, terms)."""
         self.masker.reseed(f"{self.seed}:{epoch if self.fresh else 0}:{index}")
         return self.masker.example(self.pieces[index])
 
@@ -368,7 +367,6 @@ class MaskingCollator:
     set) are padded as they are. Truncation is counted, never silent: each batch carries the number
     of its examples cut ("truncated", which the Trainer takes out before the model sees the batch),
     so the count reaches the training process from data-loader workers too."""
-
     def __init__(self, tokenizer, pad, max_input_length, max_target_length):
         self.tokenizer, self.pad = tokenizer, pad
         self.max_input_length, self.max_target_length = max_input_length, max_target_length
@@ -452,7 +450,6 @@ def load_raw(config, tokenizer, folder, sample=2000):
     The validation set is masked once, with the seed "SEED:valid:i", never redrawn: from VALID_FILE
     (raw text is masked, prepared JSON Lines is used as it is) or, with VALID_FILE='', from the
     documents of TRAIN_FILE held out with probability VALID_RATIO (the rule of prepare.py)."""
-
     masker = build_masker(config)
     valid_file = config["VALID_FILE"]
     pieces = read_pieces(config["TRAIN_FILE"], config, 0 if valid_file else config["VALID_RATIO"])

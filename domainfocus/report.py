@@ -38,7 +38,6 @@ def plan_record(model, config, half, lengths, world_size):
 def masking_record(config, train_counts):
     """How the training examples are masked, for --check. Raw text: measured on examples masked as
     in epoch 0; prepared JSON Lines: from the stats.json prepare.py wrote beside TRAIN_FILE, if any."""
-
     record = {"masking": masking_mode(config), "examples_per_epoch": train_counts["examples"]}
     if record["masking"] == "prepared":
         stats_file = os.path.join(os.path.dirname(config["TRAIN_FILE"]), "stats.json")

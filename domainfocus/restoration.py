@@ -7,7 +7,9 @@ so that best/ restores exactly as it was evaluated. Use it from Python:
     restorer = Restorer.load("runs/demo/best")               # once
     results = restorer.restore(["予阿□□□□治疗。"])          # any number of texts, any length
 
-Each result is {"inputs", "restored", "spans": [{"text", "confidence", "alternatives", "review"}]}.
+Each result is {"inputs", "restored", "spans": [{"text", "confidence", "review", ["reason"], "alternatives"}],
+"prediction"} ("prediction": the spans in sentinel format, what the metrics score); a text-to-text
+input has no spans, and "review" and "reason" of its own when its rewrite was cut short.
 
 What it guarantees:
 * Every lost span appears in the result, in order. A span the model did not finish (nothing
@@ -33,9 +35,15 @@ import heapq
 import itertools
 import math
 
-from domainfocus.damage import Span, from_markers
 from domainfocus.constraint import SpanConstraint, TokenTable
-from domainfocus.lengths import UNKNOWN, foldable, reachable_counts, shown, source_length
+from domainfocus.damage import Span, from_markers
+from domainfocus.lengths import (
+    UNKNOWN,
+    foldable,
+    reachable_counts,
+    shown,
+    source_length,
+)
 from domainfocus.spans import SPECIAL_TOKENS, build_targets, sentinel
 from domainfocus.windows import Cutter, cut_windows, plain_pieces
 

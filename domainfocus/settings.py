@@ -1,5 +1,7 @@
-"""What each constant of train.py may be: typed command-line values and the checks that turn an
-impossible setting into one line naming the constant and the fix, before anything is loaded."""
+"""What each constant of train.py may be: the schema (SETTINGS: type, allowed values, bounds, in the
+order of train.py's constants block), typed command-line values, `python train.py --help`, and the
+checks that turn an impossible setting into one line naming the constant and the fix, before
+anything is loaded."""
 
 import importlib.util
 import os
@@ -24,24 +26,30 @@ class Setting:
     at_most: float | None = None
     below: float | None = None
     none_allowed: bool = False
+    hint: str = ""  # added to the message of a value out of bounds, e.g. "e.g. 0.05"
 
     def problem(self, value):
-        """What is wrong with `value` for this setting, in words, or None."""
+        """What is wrong with `value` for this setting, in words, or None. A NaN fails every bound
+        (a NaN threshold or rate would silently disable what it controls), so it is refused too."""
         if value is None and self.none_allowed:
             return None
         if self.choices:
             return None if value in self.choices else f"choose one of {', '.join(self.choices)}"
         low = (self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
         high = (self.at_most is None or value <= self.at_most) and (self.below is None or value < self.below)
-        if low and high:  # NaN fails every comparison, so it is refused too
+        if low and high:
             return None
-        if self.at_most is not None:
-            return f"must lie between {self.at_least:g} and {self.at_most:g}"
-        if self.below is not None:
-            return f"must be at least {self.at_least:g} and below {self.below:g}"
-        if self.above is not None:
-            return f"must be greater than {self.above:g}"
-        return "must not be negative" if self.at_least == 0 else f"must be at least {self.at_least:g}"
+        bounds = [f"at least {self.at_least:g}" if self.at_least is not None else "",
+                  f"greater than {self.above:g}" if self.above is not None else "",
+                  f"at most {self.at_most:g}" if self.at_most is not None else "",
+                  f"below {self.below:g}" if self.below is not None else ""]
+        if (self.at_least, self.at_most) == (0, 1):
+            rule = "lie between 0 and 1"
+        elif bounds == ["at least 0", "", "", ""]:
+            rule = "not be negative"
+        else:
+            rule = "be " + " and ".join(bound for bound in bounds if bound)
+        return f"must {rule}" + (f", {self.hint}" if self.hint else "")
 
 
 def settings(kind, *names, **rules):
@@ -62,7 +70,7 @@ SETTINGS = (
     *settings(float, "TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", at_least=0, at_most=1),
     *settings(int, "MAX_SPAN", "MAX_CHARS"),
     *settings(float, "NOISE", at_least=0, at_most=1),
-    *settings(float, "VALID_RATIO", at_least=0, below=1),
+    *settings(float, "VALID_RATIO", at_least=0, below=1, hint="e.g. 0.05"),
     *settings(str, "DOCUMENTS", choices=("lines", "paragraphs")),
     *settings(str, "TEXT_FIELD"),
     # LoRA
@@ -86,7 +94,7 @@ SETTINGS = (
     *settings(int, "EARLY_STOPPING_PATIENCE", at_least=1),
     *settings(float, "EARLY_STOPPING_THRESHOLD", at_least=0),
     # hardware
-    *settings(float, "GPU_MEMORY_GB", above=0),
+    *settings(float, "GPU_MEMORY_GB", above=0, hint="your GPU's memory in GB, e.g. 6"),
     *settings(str, "PRECISION", choices=("auto", "bf16", "fp32", "fp16")),
     *settings(bool, "GRADIENT_CHECKPOINTING"),
     *settings(int, "DATALOADER_WORKERS", at_least=0),
@@ -136,17 +144,18 @@ def parse_value(name, text, default):
 def help_text(script, defaults):
     """`python train.py --help`: the constants block of `script` (train.py) as its user reads it, headers
     and trailing comments, each constant with its value after --demo and overrides, and its allowed values."""
-    lines = [f"usage: python {os.path.basename(script)} [--demo] [--check] [--NAME=value ...] | --plot OUTPUT_DIR", ""]
+    lines = [f"usage: python {os.path.basename(script)} [--demo] [--check] [--NAME=value ...] | --plot OUTPUT_DIR | --help",
+             ""]
     with open(script, encoding="utf-8") as handle:
         for line in handle:
             header = re.match(r"# --- (.*?) -*$", line.rstrip())
-            constant = re.match(r"([A-Z][A-Z0-9_]*) = .*?  # (.*)$", line.rstrip())
+            constant = re.match(r"([A-Z][A-Z0-9_]*) = .*?(?:  # (.*))?$", line.rstrip())
             if header:
                 lines.append(f"{header.group(1)}:")
             elif constant and constant.group(1) in SCHEMA:
                 setting = SCHEMA[constant.group(1)]
                 allowed = f"  [{' | '.join(setting.choices)}]" if setting.choices else ""
-                lines.append(f"  --{setting.name}={defaults[setting.name]!r}{allowed}\n      {constant.group(2)}")
+                lines.append(f"  --{setting.name}={defaults[setting.name]!r}{allowed}\n      {constant.group(2) or ''}")
     return "\n".join(lines)
 
 
@@ -157,7 +166,8 @@ def metric_for_best_model(config):
 
 def check_config(config):
     """Catch impossible settings in a second, before any data or model is loaded."""
-    for setting in SETTINGS:
+    # Settings with a list of choices first, then the bounds, so that of several mistakes the same one is named.
+    for setting in sorted(SETTINGS, key=lambda setting: not setting.choices):
         value = config[setting.name]
         problem = setting.problem(value)
         if problem:
@@ -192,8 +202,6 @@ def check_config(config):
         raise ConfigError(f"METRIC_FOR_BEST_MODEL={metric} needs generation: set GEN_EVAL_SAMPLES above 0.")
     if config["OPTIMIZER"] == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("OPTIMIZER='adamw_8bit' needs the bitsandbytes package and a CUDA GPU: pip install bitsandbytes.")
-    if not config["GPU_MEMORY_GB"] > 0:
-        raise ConfigError(f"GPU_MEMORY_GB={config['GPU_MEMORY_GB']}: give your GPU's memory in GB, e.g. 6.")
     if config["TENSORBOARD"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("TENSORBOARD=True needs the tensorboard package: pip install tensorboard.")
     if os.path.isfile(config["OUTPUT_DIR"]):

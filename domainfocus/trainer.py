@@ -14,10 +14,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from domainfocus.checkpoints import SaveFailed, write_error
-from domainfocus.data import MaskedExamples
-from domainfocus.settings import ConfigError, metric_for_best_model
 from domainfocus.damage import from_sentinels, target_lengths
+from domainfocus.data import MaskedExamples
 from domainfocus.restoration import Decoding, Restorer
+from domainfocus.settings import ConfigError, metric_for_best_model
 from domainfocus.spans import SENTINEL, restoration_metrics
 
 logger = logging.getLogger("domainfocus")

@@ -23,7 +23,7 @@ UNKNOWN_SPAN_TARGET_TOKENS = 8  # target tokens planned for a span of unknown le
 @dataclasses.dataclass
 class Window:
     text: str  # the model's input: the window's text with its gaps as sentinels numbered from 0
-    spans: list  # the Span objects it restores, in order (restoration.Span)
+    spans: list  # the Span objects it restores, in order (damage.Span)
 
 
 def is_span(part):
@@ -112,7 +112,7 @@ class Cutter:
 
 
 def cut_windows(document, tokenizer, decoding):
-    """The windows that restore `document` (restoration.Document), each span in the focus of one."""
+    """The windows that restore `document` (damage.Document), each span in the focus of one."""
     cutter = Cutter(tokenizer, decoding)
     blocks = sentences(document.parts)
     tokens = cutter.tokens(blocks)

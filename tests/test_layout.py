@@ -13,32 +13,48 @@ from conftest import ROOT, offline_environment, same_weights, tiny_run_arguments
 
 from domainfocus.settings import SETTINGS
 
-ENTRY_SCRIPTS = {"train", "callbacks", "prepare", "restore", "bench", "benchmarks"}
 LAST_ROOT_LAYOUT = "610f46e"  # the last commit with every module at the root, before the engine package
 
 
-def imports_of(path):
-    """Every module `path` imports, at the top or inside a function."""
+def imports_of(path, package):
+    """Every module the package module at `path` imports, at the top or inside a function, in every
+    form: `import a.b`, `from a.b import c`, `from a import b` (module b, where b is one), and the
+    relative forms, resolved against `package`."""
+    modules = {child.stem for child in path.parent.glob("*.py")}
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
+        elif isinstance(node, ast.ImportFrom):
+            # Relative: level 1 is the package itself, level 2 the folder above it (where the entry scripts are).
+            base = node.module or "" if node.level == 0 else ".".join(
+                [package][:max(0, 2 - node.level)] + ([node.module] if node.module else []))
+            names.add(base)
+            if base == package:
+                names.update(f"{package}.{alias.name}" for alias in node.names if alias.name in modules)
+            elif not base:  # from .. import train
+                names.update(alias.name for alias in node.names)
+    return {name for name in names if name}
+
+
+def entry_scripts(root, package):
+    """The root's scripts and its other packages: what the engine package must never import."""
+    return ({path.stem for path in root.glob("*.py")}
+            | {path.parent.name for path in root.glob("*/__init__.py") if path.parent.name != package})
 
 
 def layout_problems(root, package="domainfocus"):
-    """Back-imports (a module of the package importing an entry script) and import cycles inside the
-    package, as sentences; empty when the layout holds."""
+    """Back-imports (a module of the package importing an entry script or another root package) and
+    import cycles inside the package, as sentences; empty when the layout holds."""
     problems, graph = [], {}
+    scripts = entry_scripts(root, package)
     for path in sorted((root / package).glob("*.py")):
         module = f"{package}.{path.stem}"
-        imported = imports_of(path)
+        imported = imports_of(path, package)
         for name in sorted(imported):
-            if name.split(".")[0] in ENTRY_SCRIPTS:
+            if name.split(".")[0] in scripts:
                 problems.append(f"{module} imports the entry script {name}")
-        graph[module] = {name for name in imported if name.startswith(package + ".")}
+        graph[module] = {name for name in imported if name.startswith(package + ".") and name != module}
     finished, on_path = set(), []
 
     def visit(module):  # depth first; a module met again on the current path closes a cycle
@@ -62,13 +78,23 @@ def test_the_engine_never_imports_an_entry_script_and_has_no_import_cycles():
     assert layout_problems(ROOT) == []
 
 
-def test_the_layout_check_catches_a_back_import_and_a_cycle(tmp_path):
+@pytest.mark.parametrize("data, report, modeling, found", [
+    ("from domainfocus.report import summary", "def summary():\n    from domainfocus.data import rows",
+     "import os\nfrom prepare import Lexicon", "prepare"),
+    ("from domainfocus import report", "def summary():\n    from . import data", "from .. import train", "train"),
+    ("import domainfocus.report", "from .data import rows", "import tools.ocr", "tools.ocr"),
+])
+def test_the_layout_check_catches_a_back_import_and_a_cycle_in_every_import_form(tmp_path, data, report, modeling,
+                                                                                  found):
     package = tmp_path / "domainfocus"
     package.mkdir()
-    (package / "data.py").write_text("from domainfocus.report import summary\n")
-    (package / "report.py").write_text("def summary():\n    from domainfocus.data import rows\n")
-    (package / "modeling.py").write_text("import os\nfrom prepare import Lexicon\n")
-    assert layout_problems(tmp_path) == ["domainfocus.modeling imports the entry script prepare",
+    for name, text in (("__init__", ""), ("data", data), ("report", report), ("modeling", modeling)):
+        (package / f"{name}.py").write_text(text + "\n")
+    for script in ("prepare.py", "train.py"):
+        (tmp_path / script).write_text("")
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__init__.py").write_text("")
+    assert layout_problems(tmp_path) == [f"domainfocus.modeling imports the entry script {found}",
                                          "import cycle: domainfocus.data -> domainfocus.report -> domainfocus.data"]
 
 
