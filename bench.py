@@ -9,9 +9,9 @@ one module per subject, and share its helpers (benchmarks/common.py) and its rec
 (benchmarks/recipes.py). Sections, in the order a full run takes them:
 
   restore    (benchmarks/decoding.py) restoration of the validation examples by a trained model
-             (--model, else the demo trained here first): greedy free-length against length-aware
-             decoding with 1, 2, 4 and 8 beams and with the lexicon (every term masked in the
-             training data, alone and shuffled among 20,000 others); span_accuracy, char_accuracy,
+             (--model, else the demo trained here first): 1, 2, 4 and 8 beams, each with and without
+             the lengths, and 4 beams with the lexicon (every term masked in the training data,
+             alone and shuffled among 20,000 others) at lexicon bonuses 0 to 8; span_accuracy, char_accuracy,
              exact_match and spans/s; the accuracy of spans above and below a confidence of 0.5; and
              the same spans joined into 3,000-character lines, restored in windows of whole sentences.
   train      (benchmarks/speed.py) three recipes on the same data, model and machine, each for the
@@ -61,7 +61,12 @@ one module per subject, and share its helpers (benchmarks/common.py) and its rec
              120 s each: masked once by prepare.py, masked once while training (FRESH_MASKS=False),
              afresh every epoch, afresh with fresh noise, and afresh in a DataLoader worker; epochs
              reached, real tokens/s (and its ratio to the prepared run), eval_loss and the
-             restoration metrics on a fixed held-back validation set.
+             restoration metrics on demo/corpus_valid.txt, which shares no sentence with the corpus.
+  earlystop  (benchmarks/earlystop.py; only with --only earlystop, about 8 minutes) the demo run and a
+             longer one (2,400 steps); transformers' EarlyStoppingCallback (same patience and
+             threshold, no start step) and DelayedEarlyStopping replayed over each run's recorded
+             evaluations: the step each stops at, and the best model kept there (eval_loss and the
+             restoration metrics).
   lora       (benchmarks/lora.py) full fine-tuning against LoRA (rank 8 on q, v; rank 8 and 32 on
              every linear layer), the same tiny model, data and --budget each: trained parameters,
              steps/s, peak memory, one checkpoint's size, and train.py's evaluation.
@@ -79,7 +84,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import decoding, lora, masking, memory, preparation, speed, startup, vocabulary
+from benchmarks import decoding, earlystop, lora, masking, memory, preparation, speed, startup, vocabulary
 from benchmarks.common import HERE, RECIPES
 
 SECTIONS = {  # name: (function of (options, folder), runs without --only, what it measures); in the order of a full run
@@ -94,6 +99,7 @@ SECTIONS = {  # name: (function of (options, folder), runs without --only, what 
     "order": (speed.bench_order, False, "length-grouped batches in transformers' order, and shuffled (3 minutes)"),
     "masking": (masking.bench_masking, True, "masks drawn while training against prepared (12 minutes)"),
     "lora": (lora.bench_lora, True, "full fine-tuning against LoRA of two ranks and target sets"),
+    "earlystop": (earlystop.bench_earlystop, False, "where plain early stopping would stop, and its model (8 minutes)"),
 }
 
 

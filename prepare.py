@@ -11,11 +11,16 @@ Writes DIR/train.jsonl, DIR/valid.jsonl (T5 span-corruption format) and DIR/stat
 * Terms are found by longest match and masked as one unit: a term with probability
   --term-mask-prob, a hard term (--hard-lexicon) with --hard-term-mask-prob. When terms alone
   mask less than --mask-rate of the maskable characters, random short spans make up the rest.
-  Punctuation and whitespace are never masked; at most 100 spans per example.
-* Documents are cut into examples at sentence ends (at most --max-chars characters); the
-  train/valid split is by document, so no document appears in both.
+  Punctuation and whitespace are never masked; at most 99 spans per example.
+* Documents are de-duplicated on their text after NFKC without whitespace (a copy that differs
+  only in full-width punctuation or spaces is the same document), then split by a hash of that
+  text, or of --group-field (a patient or record id in .jsonl) where given: no text and no group
+  is on both sides. Documents are cut into examples at sentence ends (at most --max-chars
+  characters); stats.json counts the repeats removed and the validation examples whose text
+  (or whose text but for digits and punctuation) a training example also has.
 * --noise drops or replaces that share of the unmasked characters, like OCR damage.
-* It streams: memory does not grow with the corpus. The same inputs and --seed give the same files.
+* It streams: memory grows only by about 60 bytes per document and example (the hashes that
+  find repeats). The same inputs and --seed give the same files.
 """
 
 import argparse
@@ -23,7 +28,9 @@ import json
 import os
 import sys
 
-from domainfocus.masking import Lexicon, Masker, PrepareError, read_documents, read_lexicon, split_documents
+from domainfocus.masking import (Lexicon, Masker, PrepareError, digest, near_key, read_documents, read_lexicon,
+                                 split_documents)
+from domainfocus.spans import normalize
 
 
 def prepare(options, report=print):
@@ -45,13 +52,16 @@ def prepare(options, report=print):
     os.makedirs(options.out, exist_ok=True)
     paths = {split: os.path.join(options.out, f"{split}.jsonl") for split in ("train", "valid")}
     stats = {"documents": 0, "documents_valid": 0, "examples_train": 0, "examples_valid": 0, "characters": 0,
-             "bytes": 0, "masked_spans": 0, "term_spans": 0, "masked_characters": 0, "maskable_characters": 0}
+             "bytes": 0, "masked_spans": 0, "term_spans": 0, "masked_characters": 0, "maskable_characters": 0,
+             "duplicates": 0}
     terms_seen = set()
     sample = []
+    seen = {"train": (set(), set()), "valid": (set(), set())}  # digests of the examples' content and near keys
     files = {split: open(path + ".tmp", "w", encoding="utf-8") for split, path in paths.items()}
     try:
-        documents = read_documents(options.text, options.documents, options.text_field)
-        for split, document, pieces in split_documents(documents, options.valid_ratio, options.seed, options.max_chars):
+        documents = read_documents(options.text, options.documents, options.text_field, options.group_field)
+        for split, document, pieces in split_documents(documents, options.valid_ratio, options.seed, options.max_chars,
+                                                       stats):
             stats["documents"] += 1
             stats["documents_valid"] += split == "valid"
             stats["bytes"] += len(document.encode("utf-8"))
@@ -65,6 +75,8 @@ def prepare(options, report=print):
                 stats["masked_characters"] += masked
                 stats["maskable_characters"] += maskable_characters
                 terms_seen.update(piece[start:end] for start, end in terms_found)
+                seen[split][0].add(digest(normalize(piece)))
+                seen[split][1].add(digest(near_key(piece)))
                 if len(sample) < 2000:
                     sample.append(piece)
     finally:
@@ -75,6 +87,10 @@ def prepare(options, report=print):
     for split, path in paths.items():
         os.replace(path + ".tmp", path)
     stats.update(
+        # Distinct documents can still share sentences (templates): validation examples whose text, or
+        # whose text without digits and punctuation, some training example also has.
+        valid_examples_in_train=len(seen["valid"][0] & seen["train"][0]),
+        valid_examples_near_train=len(seen["valid"][1] & seen["train"][1]),
         term_span_share=stats["term_spans"] / max(stats["masked_spans"], 1),
         mask_rate=stats["masked_characters"] / max(stats["maskable_characters"], 1),
         lexicon_terms=len(lexicon.terms),
@@ -106,7 +122,10 @@ def format_report(stats, paths):
     tokens = (f"about {stats['estimated_tokens']:,} tokens" if stats["estimated_tokens"] is not None
               else "pass --tokenizer MODEL_FOLDER for a token estimate")
     return "\n".join([
-        f"documents        {stats['documents']:,} ({stats['documents_valid']:,} for validation)",
+        f"documents        {stats['documents']:,} ({stats['documents_valid']:,} for validation), "
+        f"{stats['duplicates']:,} repeated ones removed",
+        f"overlap          {stats['valid_examples_in_train']:,} validation examples also in training, "
+        f"{stats['valid_examples_near_train']:,} alike but for digits and punctuation",
         f"examples         {stats['examples_train']:,} -> {paths['train']}, "
         f"{stats['examples_valid']:,} -> {paths['valid']}",
         f"corpus           {stats['bytes'] / 1e6:,.1f} MB, {stats['characters']:,} characters, {tokens}",
@@ -125,6 +144,8 @@ def parse_options(argv=None):
     parser.add_argument("--documents", choices=("lines", "paragraphs"), default="lines",
                         help=".txt: one document per line, or documents separated by blank lines")
     parser.add_argument("--text-field", default="text", help=".jsonl: the field holding the text")
+    parser.add_argument("--group-field", default="", help=".jsonl: a field (patient or record id) whose documents "
+                        "all go to the same side of the split")
     parser.add_argument("--term-mask-prob", type=float, default=0.6, help="chance that a found term is masked")
     parser.add_argument("--hard-term-mask-prob", type=float, default=0.7, help="the same for hard terms")
     parser.add_argument("--mask-rate", type=float, default=0.22, help="share of maskable characters to mask")

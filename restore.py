@@ -3,6 +3,8 @@
     python restore.py --model runs/demo/best --input damaged.txt --output restored.jsonl
     python restore.py --model runs/demo/best --input demo/valid.jsonl --output scored.jsonl
     cat damaged.txt | python restore.py --model runs/demo/best --input - --output -
+    python restore.py --model runs/demo/best --lexicon demo/lexicon.txt --tune-lexicon-bonus \
+        --input demo/valid.jsonl --output scored.jsonl    # choose the lexicon's prior on validation
 
 Input (by extension, or --format): `.txt` with one text per line (or, with --documents paragraphs,
 blank-line-separated blocks) where each mask marker (default □) stands for one lost character;
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 
 from domainfocus.damage import from_markers, from_sentinels, target_lengths
 from domainfocus.restoration import Restorer
@@ -134,6 +137,10 @@ def parse_options(argv):
     parser.add_argument("--alternatives", type=int, default=3, help="other candidates listed per span (default 3)")
     parser.add_argument("--review-below", type=float, help="flag restorations with confidence below this for review")
     parser.add_argument("--lexicon", help="term list (as for prepare.py) whose fitting terms compete as candidates")
+    parser.add_argument("--lexicon-bonus", type=float, help="log-probability added to lexicon terms when candidates "
+                        "are ranked (default: the model's saved one, 0 unless tuned); confidence stays the model's")
+    parser.add_argument("--tune-lexicon-bonus", action="store_true", help="with --lexicon and --input holding targets "
+                        "(validation that shares no text with training): try bonuses, save the best with the model")
     parser.add_argument("--batch-size", type=int, default=16, help="windows decoded together")
     parser.add_argument("--max-input-length", type=int, help="tokens per window (default: the model's MAX_INPUT_LENGTH)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens generated per window (default: MAX_TARGET_LENGTH)")
@@ -151,7 +158,38 @@ def parse_options(argv):
         raise RestoreError("--alternatives must not be negative.")
     if options.review_below is not None and not 0 <= options.review_below <= 1:
         raise RestoreError("--review-below is a confidence between 0 and 1, e.g. 0.5.")
+    if options.lexicon_bonus is not None and not 0 <= options.lexicon_bonus <= 100:
+        raise RestoreError("--lexicon-bonus is a log-probability between 0 and 100, e.g. 2.")
+    if options.tune_lexicon_bonus and not options.lexicon:
+        raise RestoreError("--tune-lexicon-bonus needs --lexicon: the terms whose bonus is tuned.")
     return options
+
+
+BONUSES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # log-probability: a term may win against a text up to e^8 times likelier
+
+
+def tune_lexicon_bonus(restorer, examples, model_folder):
+    """Restore `examples` (which must hold targets) with each of BONUSES, print span_accuracy for each,
+    and keep the best (the smallest among equals) in the model folder's generation_config.json."""
+    scored = [(document, targets) for document, targets in examples if targets is not None]
+    if not scored:
+        raise RestoreError("--tune-lexicon-bonus needs --input with targets (.jsonl with inputs and targets).")
+    accuracy = {}
+    for bonus in BONUSES:
+        restorer.decoding.lexicon_bonus = bonus
+        results = restorer.restore_documents([document for document, _ in scored])
+        accuracy[bonus] = restoration_metrics([result["prediction"] for result in results],
+                                              [targets for _, targets in scored])["span_accuracy"]
+        print(f"lexicon bonus {bonus:g}: span_accuracy {accuracy[bonus]:.4f}", file=sys.stderr)
+    best = max(BONUSES, key=lambda bonus: (accuracy[bonus], -bonus))
+    restorer.decoding.lexicon_bonus = best
+    restorer.decoding.save_to(restorer.model)
+    folder = tempfile.mkdtemp(dir=model_folder)  # written whole, then swapped in: never half a file
+    restorer.model.generation_config.save_pretrained(folder)
+    os.replace(os.path.join(folder, "generation_config.json"), os.path.join(model_folder, "generation_config.json"))
+    os.rmdir(folder)
+    print(f"Saved lexicon bonus {best:g} (span_accuracy {accuracy[best]:.4f} on {len(scored)} examples, "
+          f"{accuracy[0.0]:.4f} without) in {model_folder}/generation_config.json.", file=sys.stderr)
 
 
 def main(argv=None):
@@ -170,7 +208,9 @@ def main(argv=None):
 
     restorer = Restorer.load(options.model, options.device, lexicon, num_beams=options.num_beams,
                              batch_size=options.batch_size, max_input_length=options.max_input_length,
-                             max_new_tokens=options.max_new_tokens)
+                             max_new_tokens=options.max_new_tokens, lexicon_bonus=options.lexicon_bonus)
+    if options.tune_lexicon_bonus:
+        tune_lexicon_bonus(restorer, examples, options.model)
     counts = {"restored": 0, "left marked": 0, "flagged for review": 0}
     scored_predictions, scored_targets = [], []
     written = 0

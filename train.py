@@ -32,6 +32,7 @@ NOISE = 0.0  # share of unmasked characters dropped or replaced, like OCR damage
 VALID_RATIO = 0.05  # with VALID_FILE="": share of documents held out for validation, masked once
 DOCUMENTS = "lines"  # .txt: "lines" (a document per line) or "paragraphs" (blank lines between documents)
 TEXT_FIELD = "text"  # raw .jsonl: the field holding the text
+GROUP_FIELD = ""  # raw .jsonl: a field (patient or record id) whose documents all stay on one side of the split
 # --- LoRA: low-rank adapters on a frozen model (needs peft; best/ and latest/ hold merged full weights) ---
 LORA_RANK = 0  # 0 = full fine-tuning; 8 or 16 train adapters of that rank only (see README, "LoRA")
 LORA_ALPHA = 16.0  # adapter scale: the update is multiplied by LORA_ALPHA / LORA_RANK
@@ -213,7 +214,9 @@ def check_plan(config, checkpoint):
     print("\n".join(memory_plan(model, config, half, longest)[0]))
     print("Ready: run the same command without --check to train.")
     record = plan_record(model, config, half, longest, world_size)
-    record.update(masking)
+    record.update(masking, duplicates_removed=counts["train"].get("duplicates"),
+                  valid_in_training=counts["validation"]["in_training"],
+                  valid_near_training=counts["validation"]["near_training"])
     print(json.dumps(record))  # for scripts: the last line
     return 0
 

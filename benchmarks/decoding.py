@@ -50,14 +50,18 @@ def bench_restore(options, folder, examples=300, threshold=0.5):
     characters = sorted({character for term in lexicon for character in term if not character.isspace()})
     large = lexicon + ["".join(rng.choices(characters, k=rng.randint(2, 8))) for _ in range(20_000)]
     rng.shuffle(large)
-    settings = [("greedy, free length", 1, False, ()), ("length-aware, greedy", 1, True, ()),
-                ("length-aware, 2 beams", 2, True, ()), ("length-aware, 4 beams", 4, True, ()),
-                ("length-aware, 8 beams", 8, True, ()), ("length-aware, 4 beams + lexicon", 4, True, lexicon),
-                ("length-aware, 4 beams + lexicon in 20,000 terms", 4, True, large)]
+    # Each beam count with and without the lengths, so that the table shows what the length alone buys;
+    # then the lexicon, with the prior on its terms (lexicon_bonus) at several weights.
+    settings = [(f"{'length-aware' if aware else 'free length'}, {beams} beam{'s' if beams > 1 else ''}", beams, aware,
+                 (), 0.0) for beams in (1, 2, 4, 8) for aware in (False, True)]
+    settings += [(f"length-aware, 4 beams + lexicon, bonus {bonus:g}", 4, True, lexicon, bonus)
+                 for bonus in (0.0, 1.0, 2.0, 4.0, 8.0)]
+    settings += [("length-aware, 4 beams + lexicon in 20,000 terms, bonus 0", 4, True, large, 0.0),
+                 ("length-aware, 4 beams + lexicon in 20,000 terms, bonus 4", 4, True, large, 4.0)]
     spans_by_row, cut_searches, rows = {}, 0, []
-    for name, beams, aware, terms in settings:
+    for name, beams, aware, terms, bonus in settings:
         decoding = Decoding(num_beams=beams, length_aware=aware, max_input_length=saved.max_input_length,
-                            max_new_tokens=saved.max_new_tokens)
+                            max_new_tokens=saved.max_new_tokens, lexicon_bonus=bonus)
         restorer = Restorer(model, tokenizer, decoding, terms)
         documents = [from_sentinels(inputs, target_lengths(target)) for inputs, target in validation]
         started = time.perf_counter()

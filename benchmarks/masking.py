@@ -15,9 +15,9 @@ MASKING = {  # name: train.py constants (None: the same text prepared once by pr
 
 
 def bench_masking(options, folder, documents=1000, budget=120):
-    """The same small corpus (the first `documents` sentences of demo/corpus.txt, a tenth of them
-    held back by document and masked once as the fixed validation set), the same tiny model and
-    the same time: masked once by prepare.py, masked once while training, masked afresh every
+    """The same small corpus (the first `documents` sentences of demo/corpus.txt, repeats left out as
+    train.py leaves them out; validation: demo/corpus_valid.txt, which shares no sentence with it,
+    masked once), the same tiny model and the same time: masked once by prepare.py, masked once while training, masked afresh every
     epoch, afresh with fresh OCR-like noise, and afresh in a DataLoader worker process. Evaluated
     as train.py evaluates, on every validation example."""
     import train as tool
@@ -33,7 +33,8 @@ def bench_masking(options, folder, documents=1000, budget=120):
     with open(corpus, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     config = {**tool.default_config(), "TRAIN_FILE": corpus, "LEXICON_FILE": lexicon}
-    pieces = read_pieces(corpus, config, 0.1)
+    pieces = read_pieces(corpus, config, 0)
+    pieces["valid"] = read_pieces(os.path.join(HERE, "demo", "corpus_valid.txt"), config, 0)["train"]
     train_text, valid_file = os.path.join(work, "train.txt"), os.path.join(work, "valid.jsonl")
     with open(train_text, "w", encoding="utf-8") as handle:
         handle.write("\n".join(pieces["train"]) + "\n")

@@ -3,8 +3,9 @@
 Writes demo/train.jsonl and demo/valid.jsonl: short clinical-style sentences in Chinese and
 English built from a small term list, with whole terms masked as T5 span-corruption examples.
 Also writes the raw side for masks drawn while training (train.py with LEXICON_FILE):
-demo/corpus.txt, 3,300 such sentences unmasked (one document per line), and demo/lexicon.txt,
-the terms.
+demo/corpus.txt, 3,000 such sentences unmasked (one document per line), demo/corpus_valid.txt,
+300 held-out ones, and demo/lexicon.txt, the terms. Validation shares no sentence with training,
+not even one alike but for its numbers: each case is validated in a template it is never trained in.
 The terms follow fixed clinical associations (disease -> symptom, drug, examination), so the
 masked terms can be restored from context and a tiny model learns measurably within minutes.
 Deterministic: the same seed always writes the same files.
@@ -65,12 +66,20 @@ TEMPLATES_EN = [
 FIELDS = ("disease", "symptom", "drug", "exam")
 
 
-def make_example(rng):
+def pairs(held_out):
+    """Every (cases, case, template) of both languages whose template the validation set holds out for
+    that case (`held_out`), or every other one. Each case gives one of its templates to validation
+    only (template number = case number modulo the templates), so no validation sentence, and no
+    sentence alike but for its numbers, occurs in training: the model must carry what it learned of a
+    case over to a template it never saw the case in."""
+    return [(case, template) for cases, templates in ((CASES_ZH, TEMPLATES_ZH), (CASES_EN, TEMPLATES_EN))
+            for number, case in enumerate(cases) for index, template in enumerate(templates)
+            if (index == number % len(templates)) == held_out]
+
+
+def make_example(rng, allowed):
     """One example: a filled template with some whole terms replaced by sentinels."""
-    if rng.random() < 0.5:
-        case, template = rng.choice(CASES_ZH), rng.choice(TEMPLATES_ZH)
-    else:
-        case, template = rng.choice(CASES_EN), rng.choice(TEMPLATES_EN)
+    case, template = rng.choice(allowed)
     terms = dict(zip(FIELDS, case))
     masked = [name for name in FIELDS if "{" + name + "}" in template and rng.random() < TERM_MASK_PROBABILITY]
     if not masked:
@@ -88,11 +97,10 @@ def make_example(rng):
     return {"inputs": template.format(**values), "targets": "".join(targets)}
 
 
-def make_sentence(rng):
-    """One unmasked sentence, for demo/corpus.txt."""
-    cases, templates = (CASES_ZH, TEMPLATES_ZH) if rng.random() < 0.5 else (CASES_EN, TEMPLATES_EN)
-    terms = dict(zip(FIELDS, rng.choice(cases)))
-    return rng.choice(templates).format(age=rng.randint(18, 90), days=rng.randint(1, 14), **terms)
+def make_sentence(rng, allowed):
+    """One unmasked sentence, for demo/corpus.txt or demo/corpus_valid.txt."""
+    case, template = rng.choice(allowed)
+    return template.format(age=rng.randint(18, 90), days=rng.randint(1, 14), **dict(zip(FIELDS, case)))
 
 
 def write_jsonl(path, examples):
@@ -104,11 +112,14 @@ def write_jsonl(path, examples):
 def main():
     rng = random.Random(SEED)
     folder = Path(__file__).resolve().parent
-    write_jsonl(folder / "train.jsonl", [make_example(rng) for _ in range(TRAIN_EXAMPLES)])
-    write_jsonl(folder / "valid.jsonl", [make_example(rng) for _ in range(VALID_EXAMPLES)])
-    raw = random.Random(SEED + 1)  # a generator of its own: the files above stay as they were
-    sentences = [make_sentence(raw) for _ in range(TRAIN_EXAMPLES + VALID_EXAMPLES)]
+    training, validation = pairs(held_out=False), pairs(held_out=True)
+    write_jsonl(folder / "train.jsonl", [make_example(rng, training) for _ in range(TRAIN_EXAMPLES)])
+    write_jsonl(folder / "valid.jsonl", [make_example(rng, validation) for _ in range(VALID_EXAMPLES)])
+    raw = random.Random(SEED + 1)
+    sentences = [make_sentence(raw, training) for _ in range(TRAIN_EXAMPLES)]
     (folder / "corpus.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    held_out = [make_sentence(raw, validation) for _ in range(VALID_EXAMPLES)]
+    (folder / "corpus_valid.txt").write_text("\n".join(held_out) + "\n", encoding="utf-8")
     terms = sorted({term for case in CASES_ZH + CASES_EN for term in case})
     (folder / "lexicon.txt").write_text("\n".join(terms) + "\n", encoding="utf-8")
 

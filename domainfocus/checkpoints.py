@@ -181,7 +181,7 @@ def nothing_left_to_train(checkpoint, max_steps, patience):
 
 # The constants that decide the masks of a raw-text run (a change on resume is reported).
 MASKING_CONSTANTS = ("FRESH_MASKS", "TERM_MASK_PROB", "HARD_TERM_MASK_PROB", "MASK_RATE", "MAX_SPAN", "MAX_CHARS",
-                     "NOISE", "VALID_RATIO", "DOCUMENTS", "TEXT_FIELD")
+                     "NOISE", "VALID_RATIO", "DOCUMENTS", "TEXT_FIELD", "GROUP_FIELD")
 
 
 def data_facts(config):

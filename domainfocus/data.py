@@ -13,13 +13,14 @@ import logging
 import os
 
 from domainfocus.distributed import is_main_process
-from domainfocus.masking import Lexicon, Masker, PrepareError, read_documents, read_lexicon, split_documents
-from domainfocus.spans import SENTINEL
+from domainfocus.masking import (Lexicon, Masker, PrepareError, overlap, read_documents, read_lexicon, report_overlap,
+                                 split_documents, text_digests)
+from domainfocus.spans import SENTINEL, example_text
 
 logger = logging.getLogger("domainfocus")
 
 # Bumped whenever tokenize_batch changes, so that cached tokenizations are not reused.
-TOKENIZATION_VERSION = "2"
+TOKENIZATION_VERSION = "3"
 
 
 class DataError(ValueError):
@@ -148,6 +149,8 @@ def tokenize_batch(batch, tokenizer, input_column, target_column, max_input_leng
     targets = tokenizer(text_target=batch[target_column])["input_ids"]
     input_ids = [truncate(ids, max_input_length) for ids in inputs]
     labels = [truncate(ids, max_target_length) for ids in targets]
+    digests = [text_digests(example_text(source, target)) for source, target in zip(batch[input_column],
+                                                                                       batch[target_column])]
     return {
         "input_ids": input_ids,
         "attention_mask": [[1] * len(ids) for ids in input_ids],
@@ -156,6 +159,9 @@ def tokenize_batch(batch, tokenizer, input_column, target_column, max_input_leng
         "target_length": [len(ids) for ids in labels],
         "input_truncated": [len(ids) > max_input_length for ids in inputs],
         "target_truncated": [len(ids) > max_target_length for ids in targets],
+        # What the example says when whole, hashed: validation that training has seen is found by them.
+        "text_digest": [text for text, _ in digests],
+        "near_digest": [near for _, near in digests],
     }
 
 
@@ -172,14 +178,15 @@ def load_tokenized(files, tokenizer, input_column, target_column, max_input_leng
     """Load {split: path} JSON Lines files and tokenize them, reusing the cache of an earlier start.
 
     Returns ({split: Dataset}, {split: {examples, inputs_truncated, targets_truncated, input_tokens,
-    target_tokens, longest_input, longest_target}}) -- the counts after truncation.
+    target_tokens, longest_input, longest_target}} -- the counts after truncation, {split: [the
+    masking.text_digests of each example]}).
     The cache lives beside the datasets cache of the raw file and is keyed by the file's own
     fingerprint, the tokenizer and the limits, so any change to one of them tokenizes again.
     """
     import datasets  # imported here so that the checks above answer in a second
 
     raw = datasets.load_dataset("json", data_files=files)
-    tokenized, counts = {}, {}
+    tokenized, counts, digests = {}, {}, {}
     tokenizer_key = tokenizer_fingerprint(tokenizer)  # once: it serializes the whole vocabulary
     for split, dataset in raw.items():
         key = "|".join([TOKENIZATION_VERSION, dataset._fingerprint, tokenizer_key,
@@ -194,15 +201,18 @@ def load_tokenized(files, tokenizer, input_column, target_column, max_input_leng
             desc=f"Tokenizing {split}",
         )
         # Whole columns as numpy arrays: reading them row by row takes minutes on a large corpus.
-        columns = mapped.select_columns(["length", "target_length", "input_truncated", "target_truncated"])
+        columns = mapped.select_columns(["length", "target_length", "input_truncated", "target_truncated",
+                                        "text_digest", "near_digest"])
         columns = columns.with_format("numpy")[:]
         lengths, target_lengths = columns["length"], columns["target_length"]
         counts[split] = {"examples": len(mapped), "inputs_truncated": int(columns["input_truncated"].sum()),
                          "targets_truncated": int(columns["target_truncated"].sum()),
                          "input_tokens": int(lengths.sum()), "target_tokens": int(target_lengths.sum()),
                          "longest_input": int(lengths.max(initial=0)), "longest_target": int(target_lengths.max(initial=0))}
-        tokenized[split] = mapped.remove_columns(["input_truncated", "target_truncated", "target_length"])
-    return tokenized, counts
+        digests[split] = list(zip(columns["text_digest"].tolist(), columns["near_digest"].tolist()))
+        tokenized[split] = mapped.remove_columns(["input_truncated", "target_truncated", "target_length", "text_digest",
+                                                  "near_digest"])
+    return tokenized, counts, digests
 
 
 def report_truncation(counts, files, max_input_length, max_target_length):
@@ -308,12 +318,13 @@ def build_masker(config):
 
 
 def read_pieces(path, config, valid_ratio):
-    """{"train": [examples], "valid": [examples]} cut from a raw text file as prepare.py cuts them,
-    whole documents held out for validation with probability `valid_ratio`."""
-    pieces = {"train": [], "valid": []}
+    """{"train": [examples], "valid": [examples], "duplicates": repeated documents left out} cut from a
+    raw text file as prepare.py cuts them, its split too: whole documents (or GROUP_FIELD groups) held
+    out for validation with probability `valid_ratio`, decided by their content."""
+    pieces = {"train": [], "valid": [], "duplicates": 0}
     try:
-        documents = read_documents([path], config["DOCUMENTS"], config["TEXT_FIELD"])
-        for split, _, examples in split_documents(documents, valid_ratio, config["SEED"], config["MAX_CHARS"]):
+        documents = read_documents([path], config["DOCUMENTS"], config["TEXT_FIELD"], config["GROUP_FIELD"])
+        for split, _, examples in split_documents(documents, valid_ratio, config["SEED"], config["MAX_CHARS"], pieces):
             pieces[split].extend(examples)
     except PrepareError as error:
         raise DataError(str(error)) from None
@@ -445,7 +456,8 @@ def write_examples(path, examples):
 
 def load_raw(config, tokenizer, folder, sample=2000):
     """Raw text: (training MaskedExamples, the path of the fixed validation set written to `folder`,
-    the training counts with the masking figures).
+    the training counts with the masking figures and the repeated documents left out, the
+    masking.text_digests of the training examples).
 
     The validation set is masked once, with the seed "SEED:valid:i", never redrawn: from VALID_FILE
     (raw text is masked, prepared JSON Lines is used as it is) or, with VALID_FILE='', from the
@@ -470,7 +482,8 @@ def load_raw(config, tokenizer, folder, sample=2000):
                                          config["TARGET_COLUMN"]: example["targets"]} for example in examples])
     dataset = MaskedExamples(pieces["train"], masker, config["SEED"], config["FRESH_MASKS"])
     counts = masked_counts(dataset, tokenizer, config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"], sample)
-    return dataset, validation, counts
+    counts["duplicates"] = pieces["duplicates"]
+    return dataset, validation, counts, [text_digests(piece) for piece in pieces["train"]]
 
 
 def load_data(config, tokenizer, folder, sample=2000):
@@ -480,13 +493,15 @@ def load_data(config, tokenizer, folder, sample=2000):
     columns = (config["INPUT_COLUMN"], config["TARGET_COLUMN"])
     if masking_mode(config) == "prepared":
         files = {"train": config["TRAIN_FILE"], "validation": config["VALID_FILE"]}
-        datasets_by_split, counts = load_tokenized(files, tokenizer, *columns, *limits)
+        datasets_by_split, counts, digests = load_tokenized(files, tokenizer, *columns, *limits)
         report_truncation(counts, files, *limits)
+        report_overlap(counts["validation"], *overlap(digests["train"], digests["validation"]))
         return datasets_by_split, counts, config["VALID_FILE"]
-    train, validation, train_counts = load_raw(config, tokenizer, folder, sample)
-    datasets_by_split, counts = load_tokenized({"validation": validation}, tokenizer, *columns, *limits)
+    train, validation, train_counts, train_digests = load_raw(config, tokenizer, folder, sample)
+    datasets_by_split, counts, digests = load_tokenized({"validation": validation}, tokenizer, *columns, *limits)
     counts = {"train": train_counts, **counts}
     report_truncation(counts, {"train": config["TRAIN_FILE"], "validation": validation}, *limits)
+    report_overlap(counts["validation"], *overlap(train_digests, digests["validation"]))
     return {"train": train, **datasets_by_split}, counts, validation
 
 

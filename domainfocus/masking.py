@@ -2,13 +2,17 @@
 example, and the documents it reads (cut at sentence ends, split into training and validation).
 prepare.py writes its output once; data.py draws it afresh every epoch with the same Masker."""
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import unicodedata
 
-from domainfocus.spans import MAX_SPANS, SENTENCE_END, build_targets, sentinel
+from domainfocus.spans import MAX_SPANS, SENTENCE_END, build_targets, normalize, sentinel
+
+logger = logging.getLogger("domainfocus")
 
 # Unicode punctuation (categories P*) of the Basic Multilingual Plane, as one character class:
 # regular expressions test it in C, a hundred times faster than unicodedata per character.
@@ -16,6 +20,7 @@ PUNCTUATION_CLASS = "".join(re.escape(character) for character in map(chr, range
                             if unicodedata.category(character)[0] == "P")
 PUNCTUATION = re.compile(f"[{PUNCTUATION_CLASS}]")
 MASKABLE_CHARACTER = re.compile(f"[^\\s{PUNCTUATION_CLASS}]")
+NOT_LETTER = re.compile(f"[\\d{PUNCTUATION_CLASS}]")  # digits and punctuation: what near-duplicates may differ in
 UNIT = re.compile(f"[A-Za-z0-9]+|[^\\s{PUNCTUATION_CLASS}]")  # a Latin word or number, or one other character
 
 
@@ -84,8 +89,12 @@ def read_lexicon(path):
     return terms
 
 
-def read_documents(paths, documents, text_field):
-    """Yield documents one at a time from .txt and .jsonl files."""
+def read_documents(paths, documents, text_field, group_field=""):
+    """Yield (document, its group) one at a time from .txt and .jsonl files. The group is the value of
+    `group_field` in a .jsonl record (a patient or record id), else None."""
+    if group_field and any(not path.endswith(".jsonl") for path in paths):
+        raise PrepareError(f"a group field ({group_field!r}) needs .jsonl text, where each record can carry it; "
+                           "give .jsonl files or no group field.")
     for path in paths:
         if not os.path.isfile(path):
             raise PrepareError(f"--text {path}: no such file.")
@@ -106,18 +115,24 @@ def read_documents(paths, documents, text_field):
                     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                         raise PrepareError(f"{path}:{line_number}: needs a string field \"{text_field}\" "
                                            "(set --text-field, or TEXT_FIELD in train.py).")
+                    group = None
+                    if group_field:
+                        if record.get(group_field) in (None, ""):
+                            raise PrepareError(f"{path}:{line_number}: needs a field \"{group_field}\" (the group "
+                                               "field, --group-field or GROUP_FIELD), or no group field at all.")
+                        group = str(record[group_field])
                     if record[text_field].strip():
-                        yield record[text_field].strip()
+                        yield record[text_field].strip(), group
                 elif documents == "lines":
                     if line:
-                        yield line
+                        yield line, None
                 elif line:
                     paragraph.append(line)
                 elif paragraph:
-                    yield "\n".join(paragraph)
+                    yield "\n".join(paragraph), None
                     paragraph = []
             if paragraph:
-                yield "\n".join(paragraph)
+                yield "\n".join(paragraph), None
 
 
 def cut_examples(document, max_chars):
@@ -224,10 +239,64 @@ class Masker:
         return {"inputs": "".join(inputs), "targets": targets}, spans, (masked, maskable_characters), terms_found
 
 
-def split_documents(documents, valid_ratio, seed, max_chars):
-    """Yield ("train" or "valid", document, its examples): each whole document goes to validation
-    with probability `valid_ratio`, drawn from `seed`, so no document is in both."""
-    split_rng = random.Random(seed + 1)
-    for document in documents:
-        split = "valid" if split_rng.random() < valid_ratio else "train"
+def near_key(text):
+    """What makes two texts near-duplicates: their normal form (spans.normalize: NFKC, no whitespace)
+    without digits and punctuation, so that
+    two copies of one template that differ only in numbers (体温38.5℃ / 体温37.2℃) count as one."""
+    return NOT_LETTER.sub("", normalize(text))
+
+
+def digest(text):
+    """63 bits of a text's hash, as an int (fits an int64 column): what the sets of seen texts hold."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+
+
+def held_out(key, valid_ratio, seed):
+    """True when the document (or group) `key` goes to validation: decided by a hash of the key and
+    the seed, so identical texts and every document of a group always land on the same side."""
+    value = int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()[:8], "big")
+    return value < valid_ratio * 2 ** 64
+
+
+def split_documents(documents, valid_ratio, seed, max_chars, counts=None):
+    """Yield ("train" or "valid", document, its examples) for (document, group) pairs. Documents are
+    de-duplicated on their normal form first (spans.normalize: NFKC, no whitespace, so a copy that
+    differs only in full-width punctuation or spaces is a repeat) (repeats are skipped and counted in counts["duplicates"]);
+    the side is decided by a hash of the normal form, or of the group where there is one, so that no
+    text and no group is on both sides."""
+    seen = set()
+    for document, group in documents:
+        key = normalize(document)
+        if not key:
+            continue
+        identity = digest(key)
+        if identity in seen:
+            if counts is not None:
+                counts["duplicates"] = counts.get("duplicates", 0) + 1
+            continue
+        seen.add(identity)
+        split = "valid" if held_out(key if group is None else "group:" + group, valid_ratio, seed) else "train"
         yield split, document, cut_examples(document, max_chars)
+
+
+def text_digests(text):
+    """(the digest of a text's normal form, the digest of its near-duplicate key)."""
+    return digest(normalize(text)), digest(near_key(text))
+
+
+def overlap(train, valid):
+    """How many of the `valid` text_digests training shares: (the same text, the same but for digits
+    and punctuation). A text the same as one in training counts in both."""
+    same, alike = {text for text, _ in train}, {near for _, near in train}
+    return sum(text in same for text, _ in valid), sum(near in alike for _, near in valid)
+
+
+def report_overlap(counts, exact, near):
+    """Record in the validation counts, and warn about, validation examples that training has seen:
+    figures measured on them measure memory, not restoration."""
+    counts.update(in_training=exact, near_training=near)
+    if exact or near:
+        logger.warning("validation: %d of %d examples also occur in the training data, %d more alike but for digits "
+                       "and punctuation; figures measured on them show memory, not restoration. Split by content "
+                       "(prepare.py does; GROUP_FIELD keeps a patient's documents on one side) or remove them from "
+                       "VALID_FILE.", exact, counts["examples"], near - exact)

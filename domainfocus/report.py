@@ -86,7 +86,10 @@ def plan_text(config, counts, plan, memory, checkpoint, world_size=1):
     for split, count in counts.items():
         lines.append(f"  {split:<10} {count['examples']:,} examples, {count['input_tokens']:,} input and "
                      f"{count['target_tokens']:,} target tokens; truncated: {count['inputs_truncated']:,} inputs, "
-                     f"{count['targets_truncated']:,} targets")
+                     f"{count['targets_truncated']:,} targets"
+                     + (f"; repeated documents left out: {count['duplicates']:,}" if "duplicates" in count else "")
+                     + (f"; also in training: {count['in_training']:,} (alike but for digits and punctuation: "
+                        f"{count['near_training'] - count['in_training']:,} more)" if "in_training" in count else ""))
     lines += [
         f"  schedule   {plan['steps_per_epoch']:,} optimizer steps per epoch, {plan['total_steps']:,} in total "
         f"(effective batch {config['PER_DEVICE_BATCH_SIZE'] * config['GRADIENT_ACCUMULATION_STEPS'] * world_size}"

@@ -63,9 +63,14 @@ class Decoding:
     max_new_tokens: int = 256  # tokens generated per window
     whole_tokens: int = None  # a document up to this many tokens is one window (the longest training input)
     window_tokens: int = None  # tokens per window when a longer one is cut (an average training input)
+    # A prior on lexicon terms: added to a term's log-probability when candidates are ranked (0: the model
+    # alone decides). The confidence shown stays the model's own probability; chosen on validation
+    # (restore.py --tune-lexicon-bonus) and saved with the model.
+    lexicon_bonus: float = 0.0
     batch_size: int = 16
 
-    SAVED = ("num_beams", "length_aware", "max_input_length", "max_new_tokens", "whole_tokens", "window_tokens")
+    SAVED = ("num_beams", "length_aware", "max_input_length", "max_new_tokens", "whole_tokens", "window_tokens",
+             "lexicon_bonus")
 
     @classmethod
     def of_model(cls, model, **overrides):
@@ -110,6 +115,7 @@ class Restorer:
         self.lexicon = {}  # source length (None: any length) -> TermNode, the root of that length's trie
         self.searches_cut = 0  # spans whose lexicon search reached LEXICON_NODES_PER_SPAN
         self.unproven = set()  # id(Span) of those in the current call: flagged for review
+        self.overruled = {}  # id(Span) -> the likelier text a lexicon bonus ranked below the chosen term
         terms = [term for term in dict.fromkeys(lexicon) if term.strip()]
         for term, tokens in zip(terms, self.span_tokens(terms)):
             for key in ((source_length(term), None) if tokens else ()):
@@ -150,7 +156,7 @@ class Restorer:
         if self.table is None:
             self.table = TokenTable(self.tokenizer, model.get_output_embeddings().weight.shape[0]).to(device)
         chosen, plain_outputs = {}, {}  # id(Span) -> (Candidate or None, [alternatives]); index -> (text, cut)
-        self.unproven = set()
+        self.unproven, self.overruled = set(), {}
         windows = [window for document in documents if not document.plain and document.spans
                    for window in cut_windows(document, self.tokenizer, decoding)]
         pieces = [(index, piece) for index, document in enumerate(documents) if document.plain
@@ -230,11 +236,18 @@ class Restorer:
                                           pools, alternatives + 1)
                 self.unproven.update(id(windows[number].spans[position]) for number in cut)
             for number in active:
-                ranked = sorted(pools[number].values(), key=lambda candidate: -candidate.log_probability)
+                ranked = sorted(pools[number].values(), key=lambda candidate: -self.ranking(candidate))
                 restored[number][position] = list(ranked[0].tokens) if ranked else None
                 span = windows[number].spans[position]
+                likeliest = max(ranked, key=lambda candidate: candidate.log_probability, default=None)
+                if likeliest is not None and likeliest is not ranked[0]:
+                    self.overruled[id(span)] = likeliest
                 results[id(span)] = (ranked[0] if ranked else None, ranked[1:1 + alternatives])
         return results
+
+    def ranking(self, candidate):
+        """What candidates are ranked by: the model's log-probability, plus the lexicon bonus for a term."""
+        return candidate.log_probability + (self.decoding.lexicon_bonus if candidate.terms else 0.0)
 
     def budget(self, lengths):
         """Tokens to generate: with every length known, the constraint ends decoding within this many
@@ -342,12 +355,14 @@ class Restorer:
         below it (probabilities multiply and never exceed 1), so a prefix less likely than the
         `keep`-th best candidate found so far is never expanded, and every term that could rank
         above it is scored. Exact at any lexicon size; LEXICON_NODES_PER_SPAN bounds the work.
-        Returns the windows whose search reached that bound."""
+        With a lexicon bonus, every bound and rank is taken with it (a term below a prefix ranks at most
+        the prefix's log-probability plus the bonus). Returns the windows whose search reached that bound."""
         counter = itertools.count()
         state, cut = {}, set()
+        bonus = self.decoding.lexicon_bonus
         for number, root in searches:
-            # The log-probabilities of the candidates found so far, negated and sorted: found[keep - 1] bounds.
-            found = sorted(-candidate.log_probability for candidate in pools[number].values())
+            # The ranks of the candidates found so far, negated and sorted: found[keep - 1] bounds.
+            found = sorted(-self.ranking(candidate) for candidate in pools[number].values())
             state[number] = {"frontier": [(-0.0, next(counter), root, ())], "found": found, "expanded": 0}
 
         def threshold(number):
@@ -359,7 +374,7 @@ class Restorer:
             popped = []
             for number, entry in state.items():
                 frontier, taken = entry["frontier"], 0
-                while frontier and -frontier[0][0] > threshold(number) and taken < NODES_PER_ROUND:
+                while frontier and -frontier[0][0] + bonus > threshold(number) and taken < NODES_PER_ROUND:
                     if entry["expanded"] >= LEXICON_NODES_PER_SPAN:
                         self.searches_cut += 1
                         cut.add(number)
@@ -376,16 +391,18 @@ class Restorer:
             for (number, score, node, tokens), log_probability in zip(popped, log_probabilities):
                 log_probability = log_probability[0]
                 if node.terms:
-                    known = pools[number].get(tokens)
+                    found, known = state[number]["found"], pools[number].get(tokens)
                     if known is None:  # a text no beam wrote
                         known = pools[number][tokens] = Candidate(tokens, score + float(log_probability[closing]))
-                        bisect.insort(state[number]["found"], -known.log_probability)
+                    else:  # a beam's text that is a term: it ranks anew, with the bonus
+                        found.remove(-self.ranking(known))
                     known.terms = list(dict.fromkeys(known.terms + node.terms))
+                    bisect.insort(found, -self.ranking(known))
                 children = list(node.children.items())
                 if children:
                     scores = log_probability[[token for token, _ in children]].tolist()
                     for (token, child), child_score in zip(children, scores):
-                        if score + child_score > threshold(number):
+                        if score + child_score + bonus > threshold(number):
                             heapq.heappush(state[number]["frontier"], (-(score + child_score), next(counter), child,
                                                                        tokens + (token,)))
 
@@ -450,6 +467,9 @@ class Restorer:
             text, reason = self.display(candidate, part)
             if reason is None and id(part) in self.unproven:
                 reason = "the lexicon search stopped at its limit: a likelier term may exist"
+            if reason is None and id(part) in self.overruled:
+                reason = (f"chosen for being a lexicon term: the model finds "
+                          f"{self.display(self.overruled[id(part)], part)[0]!r} likelier")
             confidence = math.exp(candidate.log_probability)
             if reason is None and review_below is not None and confidence < review_below:
                 reason = f"confidence below {review_below}"

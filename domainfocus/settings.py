@@ -72,7 +72,7 @@ SETTINGS = (
     *settings(float, "NOISE", at_least=0, at_most=1),
     *settings(float, "VALID_RATIO", at_least=0, below=1, hint="e.g. 0.05"),
     *settings(str, "DOCUMENTS", choices=("lines", "paragraphs")),
-    *settings(str, "TEXT_FIELD"),
+    *settings(str, "TEXT_FIELD", "GROUP_FIELD"),
     # LoRA
     *settings(int, "LORA_RANK"),
     *settings(float, "LORA_ALPHA", "LORA_DROPOUT"),

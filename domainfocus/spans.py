@@ -103,3 +103,9 @@ def restoration_metrics(predictions, targets):
         "char_accuracy": max(0.0, 1 - distance / characters) if characters else 0.0,
         "exact_match": exact / examples if examples else 0.0,
     }
+
+
+def example_text(inputs, targets):
+    """The text an example stands for: its inputs with the spans filled in, or the targets of a
+    text-to-text pair."""
+    return fill_spans(inputs, parse_spans(targets)) if SENTINEL.search(inputs) else targets

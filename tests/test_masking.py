@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, same_weights, tiny_run_arguments, wait_for, write_lines
+from domainfocus.spans import normalize
 
 # Runs train.py exactly as `python train.py ARGS` would, but writes every masked training example
 # it reads (epoch, index, inputs) to $MASK_TRACE: what the model was shown, batch by batch.
@@ -31,9 +32,10 @@ runpy.run_path("train.py", run_name="__main__")
 
 @pytest.fixture(scope="session")
 def raw_data(tmp_path_factory):
-    """330 raw demo sentences (one document per line) and the demo lexicon."""
+    """330 distinct raw demo sentences (one document per line) and the demo lexicon."""
     folder = tmp_path_factory.mktemp("raw")
-    lines = (ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:330]
+    distinct = {normalize(line): line for line in (ROOT / "demo" / "corpus.txt").read_text(encoding="utf-8").splitlines()}
+    lines = list(distinct.values())[:330]
     return write_lines(folder / "corpus.txt", lines), ROOT / "demo" / "lexicon.txt"
 
 
@@ -120,7 +122,7 @@ def test_validation_is_held_out_by_document_and_masked_once(tmp_path, raw_data):
     config = {**default_config(), "TRAIN_FILE": str(corpus), "LEXICON_FILE": str(raw_data[1]),
               "VALID_FILE": "", "VALID_RATIO": 0.2}
     tokenizer, _ = build_tiny_t5(config["TRAIN_FILE"], "inputs", "targets", 42)
-    dataset, validation, counts = load_raw(config, tokenizer, str(tmp_path / "a"))
+    dataset, validation, counts, _ = load_raw(config, tokenizer, str(tmp_path / "a"))
     first = (tmp_path / "a" / "validation.jsonl").read_text(encoding="utf-8")
     # Another start, another masking setting for training: the same validation examples.
     load_raw({**config, "FRESH_MASKS": False}, tokenizer, str(tmp_path / "b"))
@@ -182,5 +184,5 @@ def test_masking_defaults_match_prepare_py():
     for option, constant in (("term_mask_prob", "TERM_MASK_PROB"), ("hard_term_mask_prob", "HARD_TERM_MASK_PROB"),
                              ("mask_rate", "MASK_RATE"), ("max_span", "MAX_SPAN"), ("max_chars", "MAX_CHARS"),
                              ("noise", "NOISE"), ("valid_ratio", "VALID_RATIO"), ("documents", "DOCUMENTS"),
-                             ("text_field", "TEXT_FIELD")):
+                             ("text_field", "TEXT_FIELD"), ("group_field", "GROUP_FIELD")):
         assert getattr(options, option) == config[constant], constant

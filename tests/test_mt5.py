@@ -177,10 +177,11 @@ def test_nothing_is_hidden_and_every_length_is_exact_on_clinical_text(mt5_run):
         assert result["restored"] == rebuilt
 
 
-@pytest.mark.parametrize("model", ["mt5", "demo"])
-def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, request):
+@pytest.mark.parametrize("model, bonus", [("mt5", 0.0), ("demo", 0.0), ("mt5", 2.0)])
+def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, bonus, request):
     """The chosen term and its alternatives are the likeliest of ALL terms that fit, as scoring every
-    one of them finds: the real terms sit behind 3,000 others of the same length and characters."""
+    one of them finds: the real terms sit behind 3,000 others of the same length and characters
+    (also with a lexicon bonus, which every bound of the search must carry)."""
     import random
 
     import torch
@@ -195,7 +196,7 @@ def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, request):
     lexicon = list(dict.fromkeys(["".join(rng.choices(characters, k=4)) for _ in range(3000)] + terms))
     text = "<extra_id_0>患者常表现为心悸多汗，首选检查为<extra_id_1>。"
     lengths = [4, 3]
-    restorer = Restorer(base.model, base.tokenizer, Decoding(num_beams=2), lexicon=lexicon)
+    restorer = Restorer(base.model, base.tokenizer, Decoding(num_beams=2, lexicon_bonus=bonus), lexicon=lexicon)
     [result] = restorer.restore_documents([from_sentinels(text, lengths)], alternatives=12)
     # Every fitting term scored by hand after the restored first span, beside what the beams wrote.
     shown = [result["spans"][0]] + [dict(a) for a in result["spans"][0]["alternatives"]]

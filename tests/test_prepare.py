@@ -1,6 +1,7 @@
 """prepare.py: whole lexicon terms masked as units, exact and reproducible output, safe properties."""
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from hypothesis import strategies as st
 
 from conftest import ROOT
 from domainfocus.data import check_sentinels
-from domainfocus.masking import UNIT, Lexicon, Masker, cut_examples
+from domainfocus.spans import example_text
+from domainfocus.masking import UNIT, Lexicon, Masker, cut_examples, overlap, text_digests
 from prepare import parse_options, prepare
-from domainfocus.spans import fill_spans, parse_spans
+from domainfocus.spans import fill_spans, normalize, parse_spans
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -65,6 +67,65 @@ def test_split_is_by_document(tmp_path):
                           if re.match(r"文档\d+", fill_spans(e["inputs"], parse_spans(e["targets"])))}
     assert 0 < stats["documents_valid"] < 60
     assert not owner("train.jsonl") & owner("valid.jsonl")
+
+
+def copies(document, count):
+    """`count` copies of a document as users' exports have them: full-width punctuation turned
+    half-width, spaces added or dropped."""
+    variants = [document, document.replace("，", ",").replace("：", ":"), " ".join(document), document + " "]
+    return variants[:count]
+
+
+def test_repeated_documents_are_kept_once_and_never_on_both_sides(tmp_path):
+    """Clinical exports repeat whole notes, often differing only in full-width punctuation or spaces:
+    each is kept once, and the split by content puts no text on both sides."""
+    rng = random.Random(3)
+    documents = []
+    for number in range(300):
+        note = f"病例{number}：患者诊断为急性心肌梗死，给予阿司匹林，复查心电图。"
+        documents += copies(note, rng.choice([1, 1, 2, 3, 4]))
+    rng.shuffle(documents)
+    (tmp_path / "notes.txt").write_text("\n".join(documents), encoding="utf-8")
+    options = parse_options(["--text", str(tmp_path / "notes.txt"), "--lexicon", str(FIXTURES / "lexicon.txt"),
+                             "--out", str(tmp_path / "out"), "--valid-ratio", "0.3"])
+    stats = prepare(options, report=lambda line: None)
+    text = lambda name: [normalize(fill_spans(e["inputs"], parse_spans(e["targets"])))
+                         for e in map(json.loads, (tmp_path / "out" / name).read_text().splitlines())]
+    train, valid = text("train.jsonl"), text("valid.jsonl")
+    assert stats["documents"] == 300 and stats["duplicates"] == len(documents) - 300
+    assert len(train) == len(set(train)) and len(valid) == len(set(valid)) and 50 < len(valid) < 130
+    assert not set(train) & set(valid)
+    assert stats["valid_examples_in_train"] == 0
+
+
+def test_a_group_field_keeps_every_document_of_a_patient_on_one_side(tmp_path):
+    records = [{"patient": f"P{number % 40}", "text": f"第{number}次就诊：患者诊断为急性心肌梗死，复查心电图。"}
+               for number in range(400)]
+    (tmp_path / "notes.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records),
+                                          encoding="utf-8")
+    options = parse_options(["--text", str(tmp_path / "notes.jsonl"), "--lexicon", str(FIXTURES / "lexicon.txt"),
+                             "--out", str(tmp_path / "out"), "--valid-ratio", "0.3", "--group-field", "patient"])
+    prepare(options, report=lambda line: None)
+    visit = {r["text"].split("：")[0]: r["patient"] for r in records}
+    patients = lambda name: {visit[fill_spans(e["inputs"], parse_spans(e["targets"])).split("：")[0]]
+                             for e in map(json.loads, (tmp_path / "out" / name).read_text().splitlines())}
+    assert patients("valid.jsonl") and not patients("train.jsonl") & patients("valid.jsonl")
+    result = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--text", str(FIXTURES / "notes.txt"),
+                             "--lexicon", str(FIXTURES / "lexicon.txt"), "--out", str(tmp_path / "o"),
+                             "--group-field", "patient"], capture_output=True, text=True)
+    assert result.returncode == 2 and "needs .jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_demo_validation_shares_no_sentence_with_its_training_data():
+    """Not even one alike but for its numbers: the demo's figures measure restoration, not memory."""
+    read = lambda name: [json.loads(line) for line in (ROOT / "demo" / name).read_text(encoding="utf-8").splitlines()]
+    lines = lambda name: (ROOT / "demo" / name).read_text(encoding="utf-8").splitlines()
+    prepared = {split: [text_digests(example_text(e["inputs"], e["targets"])) for e in read(f"{split}.jsonl")]
+                for split in ("train", "valid")}
+    raw = {split: [text_digests(line) for line in lines(name)]
+           for split, name in (("train", "corpus.txt"), ("valid", "corpus_valid.txt"))}
+    for data in (prepared, raw):
+        assert overlap(data["train"], data["valid"]) == (0, 0)
 
 
 def test_long_documents_are_cut_at_sentence_ends():

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from conftest import tiny_run_arguments
+from conftest import tiny_run_arguments, write_lines
 
 
 def png_size(path):
@@ -221,3 +221,30 @@ def test_curves_follow_the_data_when_early_stopping_starts_far_beyond_it():
     assert "early stopping starts at step 1000000 (not reached)" in legend
     within = draw_curves(series, early_stopping_start_step=500)
     assert any(line.get_xdata()[0] == 500 for line in within.axes[0].get_lines() if len(line.get_xdata()) == 2)
+
+
+def test_check_and_training_count_validation_that_the_training_data_already_holds(run_train, tmp_path, small_data):
+    """Figures measured on examples the model trained on measure memory: --check counts them (the
+    same text, and alike but for digits and punctuation) and training warns."""
+    train_file, valid_file = small_data
+    lines = train_file.read_text(encoding="utf-8").splitlines()
+    # 20 copied from training; 10 of those again with half-width commas and other numbers (outside the
+    # sentinels), which makes them alike where they hold a number and the same text where they do not.
+    alike = []
+    for line in lines[:10]:
+        example = json.loads(line)
+        example["inputs"] = re.sub(r"(?<![\d_])\d+", lambda match: str(int(match.group()) + 1000),
+                                   example["inputs"].replace("，", ","))
+        alike.append(json.dumps(example, ensure_ascii=False))
+    numbered = sum(bool(re.search(r"(?<![\d_])\d", json.loads(line)["inputs"])) for line in lines[:10])
+    leaked = write_lines(tmp_path / "leaked.jsonl", lines[:20] + alike + valid_file.read_text(encoding="utf-8").splitlines())
+    result = run_train(tiny_run_arguments((train_file, leaked), tmp_path / "out") + ["--check"], timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 < numbered < 10
+    assert plan["valid_in_training"] == 20 + (10 - numbered)
+    assert plan["valid_near_training"] >= 30
+    assert f"also in training: {plan['valid_in_training']}" in result.stdout
+    assert "figures measured on them show memory" in result.stdout + result.stderr
+    clean = run_train(tiny_run_arguments(small_data, tmp_path / "out") + ["--check"], timeout=180)
+    assert json.loads(clean.stdout.strip().splitlines()[-1])["valid_in_training"] == 0

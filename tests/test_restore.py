@@ -301,6 +301,71 @@ def test_a_lexicon_term_the_model_prefers_is_chosen_and_one_that_does_not_fit_ne
     assert span["text"] != "的的的的的的"
 
 
+def test_a_lexicon_bonus_lets_a_term_win_shows_the_models_own_confidence_and_says_so(restorer):
+    """The prior on lexicon terms decides the choice only: the confidence shown is still the model's
+    probability, and the span says which likelier text the term was chosen over."""
+    import dataclasses
+    import math
+
+    from domainfocus.damage import from_sentinels
+    from domainfocus.restoration import Restorer
+
+    text = "<extra_id_0>患者常表现为胸骨后压榨性疼痛，首选检查为心电图。"
+    [alone] = Restorer(restorer.model, restorer.tokenizer, restorer.decoding).restore_documents(
+        [from_sentinels(text, [6])], alternatives=3)
+    [span] = alone["spans"]
+    runner_up = span["alternatives"][0]  # a text the model finds less likely than its choice
+    assert runner_up["confidence"] < span["confidence"]
+
+    def restored_with(bonus, terms=(runner_up["text"],)):
+        decoding = dataclasses.replace(restorer.decoding, lexicon_bonus=bonus)
+        lexicon = Restorer(restorer.model, restorer.tokenizer, decoding, lexicon=terms)
+        return lexicon.restore_documents([from_sentinels(text, [6])], alternatives=3)[0]["spans"][0]
+
+    # A term no beam wrote, far less likely than every beam's text, is still found when its bonus can win.
+    unlikely = restored_with(100.0, ["阿莫西林阿莫"])
+    assert unlikely["text"] == "阿莫西林阿莫" and unlikely["confidence"] < runner_up["confidence"]
+
+    assert restored_with(0.0)["text"] == span["text"]  # no bonus: the model alone decides
+    # The term's own probability (the model's, for the term as the tokenizer writes it), shown once it wins:
+    term = restored_with(100.0)["confidence"]
+    assert term < span["confidence"]
+    needed = math.log(span["confidence"] / term)
+    assert restored_with(needed * 0.9)["text"] == span["text"]
+    chosen = restored_with(needed * 1.1)
+    assert chosen["text"] == runner_up["text"]
+    assert chosen["confidence"] == pytest.approx(term, rel=1e-3)  # never the boosted score
+    assert chosen["review"] and repr(span["text"]) in chosen["reason"]
+    assert chosen["alternatives"][0]["text"] == span["text"]
+
+
+def test_the_lexicon_bonus_is_tuned_on_validation_and_saved_with_the_model(finished_run, small_data, tmp_path,
+                                                                           hf_home):
+    """restore.py --tune-lexicon-bonus scores each bonus on the validation given, keeps the best in the
+    model's generation_config.json, and later restorations use it."""
+    import shutil
+
+    from domainfocus.restoration import Restorer
+
+    model = tmp_path / "best"
+    shutil.copytree(finished_run[0] / "best", model)
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text("\n".join(small_data[1].read_text(encoding="utf-8").splitlines()[:12]) + "\n", encoding="utf-8")
+    result = restore(hf_home, "--model", model, "--input", subset, "--output", tmp_path / "out.jsonl", "--lexicon",
+                     ROOT / "demo" / "lexicon.txt", "--tune-lexicon-bonus")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = dict(re.findall(r"lexicon bonus ([\d.]+): span_accuracy ([\d.]+)", result.stderr))
+    assert list(scores) == ["0", "0.5", "1", "2", "4", "8"]
+    best = max(scores, key=lambda bonus: (float(scores[bonus]), -float(bonus)))
+    saved = json.loads((model / "generation_config.json").read_text())
+    assert saved["lexicon_bonus"] == float(best) and saved["num_beams"] == 4  # the other settings kept
+    assert Restorer.load(str(model), device="cpu").decoding.lexicon_bonus == float(best)
+    assert not [path for path in model.iterdir() if path.name.startswith("tmp")]  # nothing half-written left
+    refused = restore(hf_home, "--model", model, "--input", subset, "--output", tmp_path / "o.jsonl",
+                      "--tune-lexicon-bonus")
+    assert refused.returncode == 2 and "needs --lexicon" in refused.stderr
+
+
 # --- 6. one decoding definition --------------------------------------------------------------------
 
 def test_jsonl_with_targets_is_restored_and_scored_exactly_like_the_training_evaluation(finished_run, small_data,
