@@ -161,13 +161,14 @@ def window_of(blocks, indices):
 
 def plain_pieces(text, cutter):
     """A text without sentinels as [(the whitespace before it, piece)]: whole sentences packed up to a
-    window (a sentence longer than the model's input is cut), restored one after another. The
-    whitespace between two pieces (a line break, say) is kept for joining their restorations."""
+    window (a sentence longer than the model's input is cut), restored one after another. A line
+    break always ends a piece, since the tokenizer reads it as a space and the rewrite would lose it;
+    the whitespace between two pieces is kept for joining their restorations."""
     sentences_of_text = sentences([text])
     blocks, tokens = fitting(sentences_of_text, cutter.tokens(sentences_of_text), cutter)
     pieces, current, size = [], "", 0
     for block, count in zip(blocks, tokens):
-        if current and size + count + 1 > cutter.size:
+        if current and (size + count + 1 > cutter.size or "\n" in current[len(current.rstrip()):]):
             pieces.append(current)
             current, size = "", 0
         current, size = current + "".join(block), size + count
