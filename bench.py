@@ -83,29 +83,42 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from benchmarks import decoding, earlystop, lora, masking, memory, preparation, speed, startup, vocabulary
 from benchmarks.common import HERE, RECIPES
 
-SECTIONS = {  # name: (function of (options, folder), runs without --only, what it measures); in the order of a full run
-    "restore": (decoding.bench_restore, True, "decoding settings on a trained model (--model, else the demo's)"),
-    "train": (speed.bench_train, True, "three recipes: tokens/s, memory, MFU, evaluation share, restoration"),
-    "callbacks": (speed.bench_train, False, "the callbacks' time per step: the train section, which prints it"),
-    "startup": (startup.bench_startup, True, "start-up to the first step, first and second start, 0.6 to 96 MB"),
-    "trim": (vocabulary.bench_trim, True, "TRIM_VOCAB on a 27,000-token vocabulary, before and after"),
-    "memory": (memory.bench_memory, True, "planned GPU memory of mt5-small to mt5-xl, full and LoRA"),
-    "prepare": (preparation.bench_prepare, True, "prepare.py's throughput and peak memory"),
-    "knobs": (speed.bench_knobs, False, "DATALOADER_WORKERS, TORCH_COMPILE against the defaults (16 minutes)"),
-    "order": (speed.bench_order, False, "length-grouped batches in transformers' order, and shuffled (3 minutes)"),
-    "masking": (masking.bench_masking, True, "masks drawn while training against prepared (12 minutes)"),
-    "lora": (lora.bench_lora, True, "full fine-tuning against LoRA of two ranks and target sets"),
-    "earlystop": (earlystop.bench_earlystop, False, "where plain early stopping would stop, and its model (8 minutes)"),
+@dataclass(frozen=True)
+class Section:
+    run: Callable  # of (options, folder)
+    about: str  # what it measures, for --help
+    by_default: bool = True  # False: only with --only NAME
+
+
+SECTIONS = {  # in the order of a full run
+    "restore": Section(decoding.bench_restore, "decoding settings on a trained model (--model, else the demo's)"),
+    "train": Section(speed.bench_train, "three recipes: tokens/s, memory, MFU, evaluation share, restoration"),
+    "callbacks": Section(speed.bench_train, "the callbacks' time per step: the train section, which prints it",
+                         by_default=False),
+    "startup": Section(startup.bench_startup, "start-up to the first step, first and second start, 0.6 to 96 MB"),
+    "trim": Section(vocabulary.bench_trim, "TRIM_VOCAB on a 27,000-token vocabulary, before and after"),
+    "memory": Section(memory.bench_memory, "planned GPU memory of mt5-small to mt5-xl, full and LoRA"),
+    "prepare": Section(preparation.bench_prepare, "prepare.py's throughput and peak memory"),
+    "knobs": Section(speed.bench_knobs, "DATALOADER_WORKERS, TORCH_COMPILE against the defaults (16 minutes)",
+                     by_default=False),
+    "order": Section(speed.bench_order, "length-grouped batches in transformers' order, and shuffled (3 minutes)",
+                     by_default=False),
+    "masking": Section(masking.bench_masking, "masks drawn while training against prepared (12 minutes)"),
+    "lora": Section(lora.bench_lora, "full fine-tuning against LoRA of two ranks and target sets"),
+    "earlystop": Section(earlystop.bench_earlystop, "where plain early stopping would stop, and its model (8 minutes)",
+                         by_default=False),
 }
 
 
 def parse_options(argv=None):
-    sections = "\n".join(f"  {name:<10} {description}{'' if default else '  [only with --only]'}"
-                         for name, (_, default, description) in SECTIONS.items())
+    sections = "\n".join(f"  {name:<10} {section.about}{'' if section.by_default else '  [only with --only]'}"
+                         for name, section in SECTIONS.items())
     parser = argparse.ArgumentParser(description="DomainFocus benchmarks", epilog=f"sections:\n{sections}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=tuple(SECTIONS), metavar="SECTION",
@@ -135,9 +148,9 @@ def main():
     print(f"machine: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n")
     with tempfile.TemporaryDirectory() as folder:
-        for name, (section, by_default, _) in SECTIONS.items():
-            if options.only == name or (options.only is None and by_default):
-                section(options, folder)
+        for name, section in SECTIONS.items():
+            if options.only == name or (options.only is None and section.by_default):
+                section.run(options, folder)
 
 
 if __name__ == "__main__":

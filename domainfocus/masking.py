@@ -157,12 +157,8 @@ class Masker:
     """Chooses the spans of one example: lexicon terms first, then random short spans."""
 
     def __init__(self, lexicon, term_probability, hard_probability, mask_rate, max_span, noise, seed):
-        self.lexicon = lexicon
-        self.term_probability = term_probability
-        self.hard_probability = hard_probability
-        self.mask_rate = mask_rate
-        self.max_span = max_span
-        self.noise = noise
+        self.lexicon, self.max_span, self.noise = lexicon, max_span, noise
+        self.term_probability, self.hard_probability, self.mask_rate = term_probability, hard_probability, mask_rate
         self.reseed(seed)
 
     def reseed(self, seed):
