@@ -28,9 +28,8 @@ import json
 import os
 import sys
 
-from domainfocus.masking import (Lexicon, Masker, PrepareError, digest, near_key, read_documents, read_lexicon,
+from domainfocus.masking import (Lexicon, Masker, PrepareError, overlap, read_documents, read_lexicon, text_digests,
                                  split_documents)
-from domainfocus.spans import normalize
 
 
 def prepare(options, report=print):
@@ -56,7 +55,7 @@ def prepare(options, report=print):
              "duplicates": 0}
     terms_seen = set()
     sample = []
-    seen = {"train": (set(), set()), "valid": (set(), set())}  # digests of the examples' content and near keys
+    seen = {"train": set(), "valid": set()}  # the examples' text_digests
     files = {split: open(path + ".tmp", "w", encoding="utf-8") for split, path in paths.items()}
     try:
         documents = read_documents(options.text, options.documents, options.text_field, options.group_field)
@@ -75,8 +74,7 @@ def prepare(options, report=print):
                 stats["masked_characters"] += masked
                 stats["maskable_characters"] += maskable_characters
                 terms_seen.update(piece[start:end] for start, end in terms_found)
-                seen[split][0].add(digest(normalize(piece)))
-                seen[split][1].add(digest(near_key(piece)))
+                seen[split].add(text_digests(piece))
                 if len(sample) < 2000:
                     sample.append(piece)
     finally:
@@ -86,11 +84,12 @@ def prepare(options, report=print):
         raise PrepareError("no text found in --text files; nothing was written.")
     for split, path in paths.items():
         os.replace(path + ".tmp", path)
+    # Distinct documents can still share sentences (templates): validation examples whose text, or
+    # whose text without digits and punctuation, some training example also has.
+    in_train, near_train = overlap(seen["train"], seen["valid"])
     stats.update(
-        # Distinct documents can still share sentences (templates): validation examples whose text, or
-        # whose text without digits and punctuation, some training example also has.
-        valid_examples_in_train=len(seen["valid"][0] & seen["train"][0]),
-        valid_examples_near_train=len(seen["valid"][1] & seen["train"][1]),
+        valid_examples_in_train=in_train,
+        valid_examples_near_train=near_train,
         term_span_share=stats["term_spans"] / max(stats["masked_spans"], 1),
         mask_rate=stats["masked_characters"] / max(stats["maskable_characters"], 1),
         lexicon_terms=len(lexicon.terms),

@@ -64,9 +64,7 @@ def bench_earlystop(options, folder):
     """Train the demo and a longer run (about 2 and 6 minutes on 2 cores), replay both stopping rules."""
     from transformers import EarlyStoppingCallback
 
-    import train as tool
-    from callbacks import DelayedEarlyStopping
-
+    tool, DelayedEarlyStopping = options.train, options.callbacks.DelayedEarlyStopping
     rows = []
     for name, arguments in RUNS.items():
         output = os.path.join(folder, "earlystop-" + str(len(rows)))

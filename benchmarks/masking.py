@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 from benchmarks.common import HERE, print_table, recipe_in_child, restoration_cells, tiny_model_folder
 
@@ -20,9 +22,7 @@ def bench_masking(options, folder, documents=1000, budget=120):
     masked once), the same tiny model and the same time: masked once by prepare.py, masked once while training, masked afresh every
     epoch, afresh with fresh OCR-like noise, and afresh in a DataLoader worker process. Evaluated
     as train.py evaluates, on every validation example."""
-    import train as tool
     from domainfocus.data import build_masker, mask_once, read_pieces, write_examples
-    from prepare import parse_options, prepare
 
     work = os.path.join(folder, "masking")
     os.makedirs(work, exist_ok=True)
@@ -32,7 +32,7 @@ def bench_masking(options, folder, documents=1000, budget=120):
     corpus = os.path.join(work, "corpus.txt")
     with open(corpus, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
-    config = {**tool.default_config(), "TRAIN_FILE": corpus, "LEXICON_FILE": lexicon}
+    config = {**options.train.default_config(), "TRAIN_FILE": corpus, "LEXICON_FILE": lexicon}
     pieces = read_pieces(corpus, config, 0)
     pieces["valid"] = read_pieces(os.path.join(HERE, "demo", "corpus_valid.txt"), config, 0)["train"]
     train_text, valid_file = os.path.join(work, "train.txt"), os.path.join(work, "valid.jsonl")
@@ -40,8 +40,8 @@ def bench_masking(options, folder, documents=1000, budget=120):
         handle.write("\n".join(pieces["train"]) + "\n")
     write_examples(valid_file, mask_once(pieces["valid"], build_masker(config), "bench:valid"))
     prepared = os.path.join(work, "prepared")  # its valid.jsonl stays empty: validation is the file above
-    prepare(parse_options(["--text", train_text, "--lexicon", lexicon, "--out", prepared, "--valid-ratio", "0"]),
-            report=lambda line: None)
+    subprocess.run([sys.executable, os.path.join(HERE, "prepare.py"), "--text", train_text, "--lexicon", lexicon,
+                    "--out", prepared, "--valid-ratio", "0"], check=True, stdout=subprocess.DEVNULL)  # as users run it
     model = tiny_model_folder(os.path.join(work, "model"), train_text)
     rows = {}
     for name, settings in MASKING.items():

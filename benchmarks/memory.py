@@ -22,13 +22,12 @@ def mt5_shapes(d_model, d_ff, layers, heads, vocab_size=250112):
 def bench_memory(options, folder):
     """Training memory of the mT5 sizes per optimizer, then LoRA's plan."""
     print()
-    full_memory()
-    lora_memory()
+    full_memory(options.train.default_config())
+    lora_memory(options.train.default_config())
 
 
-def full_memory():
+def full_memory(defaults):
     """Training memory of the mT5 sizes per optimizer, and which mt5-base batches fit 6 GB."""
-    import train as tool
     from domainfocus.memory import gigabytes, gpu_memory, static_memory
 
     # TRIM_VOCAB keeps what the data uses; 33,000 tokens is an assumed size for one domain of
@@ -41,7 +40,7 @@ def full_memory():
         model = mt5_shapes(*shape, vocab_size=vocabulary)
         count = sum(parameter.numel() for parameter in model.parameters())
         for optimizer in ("adamw_torch", "adamw_8bit", "adafactor"):
-            config = {**tool.default_config(), "OPTIMIZER": optimizer, "GRADIENT_CHECKPOINTING": True}
+            config = {**defaults, "OPTIMIZER": optimizer, "GRADIENT_CHECKPOINTING": True}
             rows.append((name, f"{count / 1e6:.1f} M", optimizer, gigabytes(static_memory(model, optimizer)["total"]),
                          gigabytes(gpu_memory(model, config)[1])))
     print_table(["model", "parameters", "optimizer", "weights + gradients + optimizer state",
@@ -52,7 +51,7 @@ def full_memory():
     rows = []
     for batch, accumulation, lengths in ((4, 8, (512, 256)), (2, 16, (512, 256)), (1, 32, (512, 256)),
                                          (4, 8, (256, 64)), (4, 8, (128, 32))):
-        config = {**tool.default_config(), "PER_DEVICE_BATCH_SIZE": batch, "GRADIENT_ACCUMULATION_STEPS": accumulation}
+        config = {**defaults, "PER_DEVICE_BATCH_SIZE": batch, "GRADIENT_ACCUMULATION_STEPS": accumulation}
         total = gpu_memory(model, config, True, lengths)[1]
         rows.append((f"batch {batch} × accumulation {accumulation}", f"{lengths[0]} / {lengths[1]}", gigabytes(total),
                      "yes" if total <= config["GPU_MEMORY_GB"] * 2 ** 30 else "no"))
@@ -60,10 +59,9 @@ def full_memory():
                  "planned total", "fits 6 GB"], rows)
 
 
-def lora_memory():
+def lora_memory(defaults):
     """LoRA's plan for the mT5 sizes: frozen weights in bf16, adapters with fp32 gradients and AdamW
     state, activations; for the settings train.py would run with (bf16, gradient checkpointing)."""
-    import train as tool
     from domainfocus.memory import gigabytes, gpu_memory
 
     configs = {**MT5_CONFIGS, "mt5-xl": (2048, 5120, 24, 32)}
@@ -72,7 +70,7 @@ def lora_memory():
         model = mt5_shapes(*configs[name])
         for rank, batch, accumulation, lengths in ((8, 4, 8, (512, 256)), (8, 1, 32, (512, 256)), (8, 4, 8, (256, 64)),
                                                    (8, 1, 32, (256, 64))):
-            config = {**tool.default_config(), "LORA_RANK": rank, "OPTIMIZER": "adamw_torch",
+            config = {**defaults, "LORA_RANK": rank, "OPTIMIZER": "adamw_torch",
                       "PER_DEVICE_BATCH_SIZE": batch, "GRADIENT_ACCUMULATION_STEPS": accumulation}
             parts, total = gpu_memory(model, config, True, lengths)
             rows.append((name, f"rank {rank}, all linear layers", f"{batch} × {accumulation}",

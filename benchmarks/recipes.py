@@ -18,7 +18,6 @@ import time
 import torch
 from transformers import TrainerCallback, set_seed
 
-import train as tool
 from benchmarks.common import peak_resident_mb
 from domainfocus.damage import from_sentinels
 from domainfocus.data import first_examples
@@ -86,16 +85,16 @@ class Measurement(TrainerCallback):
             control.should_training_stop = True
 
 
-def tool_trainer(config, args, precision_flags):
-    """train.py's own trainer for `config`: (trainer, the validation file it evaluates). Its evaluations
-    do all that train.py's do, in OUTPUT_DIR: metrics.jsonl, the curves, best/ when it improves."""
-    from callbacks import GracefulInterrupt
+def tool_trainer(config, args, precision_flags, tool, callbacks):
+    """train.py's own trainer for `config` (`tool`: the train.py module, `callbacks`: callbacks.py):
+    (trainer, the validation file it evaluates). Its evaluations do all that train.py's do, in
+    OUTPUT_DIR: metrics.jsonl, the curves, best/ when it improves."""
     from domainfocus.checkpoints import evaluation_facts
 
     tokenizer, model, datasets_by_split, counts, valid_file = tool.load_model_and_data(config, None, args,
                                                                                        precision_flags)
     evaluation = {"metric_for_best_model": args.metric_for_best_model, **evaluation_facts(config, valid_file)}
-    interrupt = GracefulInterrupt(tool.quit_now)  # not installed: Ctrl+C stops the benchmark as usual
+    interrupt = callbacks.GracefulInterrupt(tool.quit_now)  # not installed: Ctrl+C stops the benchmark as usual
     trainer = tool.build_trainer(config, args, tokenizer, model, datasets_by_split, counts, valid_file, interrupt,
                                  evaluation)[0]
     return trainer, valid_file
@@ -130,9 +129,10 @@ def baseline_trainer(recipe, config, args):
     return trainer, tokenizer.pad_token_id if padded else -100
 
 
-def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir, settings=None, evaluate=False,
-               shuffle_batches=True):
-    """Train one recipe for `budget` seconds in this process; returns its measurements.
+def run_recipe(tool, callbacks, recipe, model_folder, train_file, valid_file, budget, output_dir, settings=None,
+               evaluate=False, shuffle_batches=True):
+    """Train one recipe for `budget` seconds in this process; returns its measurements. `tool` and
+    `callbacks` are the train.py and callbacks.py modules, which bench.py hands over.
 
     `settings` changes train.py constants of this tool's recipe (the speed knobs, the masking);
     with it, the run only trains: its measurements are throughput, not restoration, unless
@@ -150,7 +150,7 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
     args.eval_steps = args.save_steps = None
     args.max_steps = 10 ** 6  # the budget stops training
     if recipe == "tool":
-        trainer, valid_file = tool_trainer(config, args, precision_flags)
+        trainer, valid_file = tool_trainer(config, args, precision_flags, tool, callbacks)
         trainer.shuffle_batches, ignored = shuffle_batches, -100
     else:
         trainer, ignored = baseline_trainer(recipe, config, args)
@@ -167,7 +167,8 @@ def run_recipe(recipe, model_folder, train_file, valid_file, budget, output_dir,
         return {**throughput, **full_evaluation(trainer, validation, output_dir)}
     if settings is not None:
         return throughput
-    return {"recipe": recipe, **throughput, "flops": measured.flops, **recipe_evaluation(recipe, trainer, validation)}
+    return {"recipe": recipe, **throughput, "flops": measured.flops,
+            **recipe_evaluation(recipe, trainer, validation, tool.GEN_EVAL_SAMPLES)}
 
 
 def peak_mb():
@@ -188,9 +189,9 @@ def full_evaluation(trainer, validation, output_dir):
             "checkpoint_mb": sum(os.path.getsize(os.path.join(checkpoint, name)) for name in os.listdir(checkpoint)) / 1e6}
 
 
-def recipe_evaluation(recipe, trainer, validation):
+def recipe_evaluation(recipe, trainer, validation, default_samples):
     """One evaluation in the recipe's own style, timed (the baselines generate for the whole validation
-    set; this tool restores GEN_EVAL_SAMPLES, timed again at the default 200), and the same greedy,
+    set; this tool restores GEN_EVAL_SAMPLES, timed again at the default, `default_samples`), and the same greedy,
     free-length restoration of the first 100 validation examples for every recipe."""
     model, tokenizer = trainer.model, trainer.processing_class
     started = time.perf_counter()
@@ -200,7 +201,7 @@ def recipe_evaluation(recipe, trainer, validation):
     evaluation_seconds = time.perf_counter() - started
     default_evaluation_seconds = None
     if recipe == "tool":
-        trainer.generation_examples = validation[: tool.GEN_EVAL_SAMPLES]
+        trainer.generation_examples = validation[:default_samples]
         started = time.perf_counter()
         trainer.evaluate()
         default_evaluation_seconds = time.perf_counter() - started
@@ -223,7 +224,7 @@ def baseline_generate(model, tokenizer, texts, batch_size=64):
 def run_child(options):
     """bench.py's hidden --recipe mode: one recipe in this process, its measurements written to --out."""
     with tempfile.TemporaryDirectory() as folder:
-        result = run_recipe(options.recipe, options.model, options.train_file, options.valid_file, options.budget,
+        result = run_recipe(options.train, options.callbacks, options.recipe, options.model, options.train_file, options.valid_file, options.budget,
                             folder, options.settings, options.evaluate,
                             shuffle_batches=options.batch_order != "transformers")
     with open(options.out, "w", encoding="utf-8") as handle:

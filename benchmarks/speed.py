@@ -61,40 +61,38 @@ def bench_train(options, folder):
     print(f"\nEvaluation at the default settings (eval_loss on the whole validation set, generation on "
           f"GEN_EVAL_SAMPLES=200, once per EVAL_STEPS=1000 steps): {evaluation:.1f} s per evaluation, "
           f"{100 * evaluation / (evaluation + 1000 * tool_step):.1f}% of the wall time.")
-    bench_callbacks(tool_step)
+    bench_callbacks(options.callbacks, tool_step)
 
 
-def bench_callbacks(tool_step, steps=2000):
-    """Time the DomainFocus callbacks (and the NaN guard's checks) spend per optimizer step."""
+def bench_callbacks(callbacks, tool_step, steps=2000):
+    """Time the DomainFocus callbacks (`callbacks`: the callbacks.py module) and the NaN guard's checks
+    spend per optimizer step."""
     import io
 
     import torch
     from transformers import Seq2SeqTrainingArguments, TrainerControl, TrainerState
 
-    from callbacks import (DelayedEarlyStopping, GracefulInterrupt, LiveProgressBar, NonFiniteGuard, ResumeCheck,
-                           SafeDetailedProgressCallback)
-
     with tempfile.TemporaryDirectory() as folder:
         args = Seq2SeqTrainingArguments(output_dir=folder, report_to="none", eval_steps=1000, logging_steps=100,
                                         metric_for_best_model="eval_loss", use_cpu=True)
     state, control = TrainerState(max_steps=10 ** 6), TrainerControl()
-    guard = NonFiniteGuard(10)
-    callbacks = [SafeDetailedProgressCallback(), LiveProgressBar(io.StringIO()), DelayedEarlyStopping(), guard,
-                 GracefulInterrupt(quit_now=None), ResumeCheck()]
-    for callback in callbacks:
+    guard = callbacks.NonFiniteGuard(10)
+    timed = [callbacks.SafeDetailedProgressCallback(), callbacks.LiveProgressBar(io.StringIO()),
+             callbacks.DelayedEarlyStopping(), guard, callbacks.GracefulInterrupt(quit_now=None), callbacks.ResumeCheck()]
+    for callback in timed:
         callback.on_train_begin(args, state, control)
     loss, grad_norm = torch.tensor(1.5), torch.tensor(0.7)
     started = time.perf_counter()
     for step in range(1, steps + 1):
-        for callback in callbacks:
+        for callback in timed:
             callback.on_step_begin(args, state, control)
         guard.loss_seen(loss)
         guard.gradients_seen(grad_norm, scaler_skips_overflow=False)
         state.global_step = step
-        for callback in callbacks:
+        for callback in timed:
             callback.on_step_end(args, state, control)
         if step % 100 == 0:
-            for callback in callbacks:
+            for callback in timed:
                 callback.on_log(args, state, control, logs={"loss": 1.5, "learning_rate": 1e-3})
     per_step = (time.perf_counter() - started) / steps
     print(f"\nDomainFocus callbacks: {per_step * 1e6:.0f} us per optimizer step = "
