@@ -260,6 +260,9 @@ def tally(counts, result):
 
 
 if __name__ == "__main__":
+    # Python leaves SIGINT ignored when it starts ignored (a background job of a shell script, for
+    # one): Ctrl+C or `kill -INT` must still stop restoring with complete lines, as promised.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sys.exit(main())
     except RestoreError as error:
