@@ -14,6 +14,19 @@ one module per subject, and share its helpers (benchmarks/common.py) and its rec
              alone and shuffled among 20,000 others) at lexicon bonuses 0 to 8; span_accuracy, char_accuracy,
              exact_match and spans/s; the accuracy of spans above and below a confidence of 0.5; and
              the same spans joined into 3,000-character lines, restored in windows of whole sentences.
+  calibration (benchmarks/calibration.py) the same model's span confidence on the validation
+             examples split in halves by text digest: a temperature fitted on one half, the
+             expected calibration error (ECE) of both halves before and after it, and the reliability
+             diagram of the held-out half (docs/reliability-demo.png).
+  ocr        (benchmarks/ocr.py) OCR in and out on the fixture page (tests/fixtures/ocr: clinical
+             sentences rendered, stained, read by Tesseract): median confidences of clean and stained
+             glyphs, glyphs counted lost per rule and --ocr-confidence threshold, and the pipeline
+             tesseract -> restore.py -> ALTO / hOCR against the page's truth: stained characters
+             found lost, restored right, and clean characters wrongly changed.
+  review     (benchmarks/review.py) the review page of 500 and 5,000 synthetic documents: file
+             size, and in headless Chromium the time to the data parsed, the first page of documents
+             rendered, the load event and one page turn (median of 3 loads); skipped without
+             chromium or selenium.
   train      (benchmarks/speed.py) three recipes on the same data, model and machine, each for the
              same wall-clock budget, each in its own process (so peak memory is its own):
                original  -- every example padded to 512 / 256 tokens, labels padded with the pad id
@@ -86,7 +99,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmarks import decoding, earlystop, lora, masking, memory, preparation, speed, startup, vocabulary
+from benchmarks import (
+    calibration,
+    decoding,
+    earlystop,
+    lora,
+    masking,
+    memory,
+    ocr,
+    preparation,
+    review,
+    speed,
+    startup,
+    vocabulary,
+)
 from benchmarks.common import HERE, RECIPES
 
 @dataclass(frozen=True)
@@ -98,6 +124,10 @@ class Section:
 
 SECTIONS = {  # in the order of a full run
     "restore": Section(decoding.bench_restore, "decoding settings on a trained model (--model, else the demo's)"),
+    "calibration": Section(calibration.bench_calibration, "span confidence's calibration error, before and after "
+                           "a temperature fitted on the other half of validation"),
+    "ocr": Section(ocr.bench_ocr, "OCR in and out: which confidence finds stains; Tesseract -> restore -> ALTO/hOCR"),
+    "review": Section(review.bench_review, "the review page at 500 and 5,000 documents: file size, load time"),
     "train": Section(speed.bench_train, "three recipes: tokens/s, memory, MFU, evaluation share, restoration"),
     "callbacks": Section(speed.bench_train, "the callbacks' time per step: the train section, which prints it",
                          by_default=False),

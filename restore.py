@@ -6,17 +6,22 @@
     python restore.py --model runs/demo/best --lexicon demo/lexicon.txt --tune-lexicon-bonus \
         --input demo/valid.jsonl --output scored.jsonl    # choose the lexicon's prior on validation
 
+    python restore.py --model runs/demo/best --input page.xml --output page.restored.xml --html review.html
+
 Input (by extension, or --format): `.txt` with one text per line (or, with --documents paragraphs,
 blank-line-separated blocks) where each mask marker (default □) stands for one lost character;
 `.jsonl` with "inputs" in sentinel format, optionally "lengths" (one integer per sentinel) and
-"targets"; `.csv` / `.tsv` with the text in --text-column. `-` reads standard input as text lines.
+"targets"; `.csv` / `.tsv` with the text in --text-column; ALTO XML or hOCR from an OCR engine,
+where glyphs read with less than --ocr-confidence are lost. `-` reads standard input as text lines.
 Output: JSON Lines, one object per input text, written as it goes (see README, "Using the trained
-model"). With targets, the restoration metrics are the last line of standard output.
+model"), or for OCR input the same ALTO / hOCR back with the restored text in place; --html adds a
+review page. With targets, the restoration metrics are the last line of standard output.
 A thin layer over domainfocus/restoration.py; everything runs locally, nothing is downloaded.
 """
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -24,15 +29,32 @@ import signal
 import sys
 import tempfile
 
-from domainfocus.damage import from_markers, from_sentinels, target_lengths
+from domainfocus import ocr
+from domainfocus.calibration import (
+    calibration_error,
+    draw_reliability,
+    fit,
+    fit_problem,
+    graded_spans,
+    recalibrated,
+    shown_pairs,
+)
+from domainfocus.damage import Document, from_markers, from_sentinels, target_lengths
 from domainfocus.restoration import Restorer
 from domainfocus.spans import SENTINEL, restoration_metrics
 
-FORMATS = ("txt", "jsonl", "csv", "tsv")
+FORMATS = ("txt", "jsonl", "csv", "tsv", "alto", "hocr")
 
 
 class RestoreError(ValueError):
     """A problem the user can fix: bad path, bad file, bad option."""
+
+
+@dataclasses.dataclass
+class Example:
+    document: Document
+    targets: str = None  # the true spans (sentinel format), when the input has them
+    kept: dict = dataclasses.field(default_factory=dict)  # input fields copied to the output (--keep-fields)
 
 
 def input_format(path, given):
@@ -41,9 +63,15 @@ def input_format(path, given):
     if path == "-":
         return "txt"
     extension = os.path.splitext(path)[1].lower().lstrip(".")
-    if extension not in FORMATS:
-        raise RestoreError(f"--input {path}: unknown file type '.{extension}'; use .txt, .jsonl, .csv or .tsv, "
+    if extension in ("xml", "alto", "hocr", "html", "htm") and os.path.isfile(path):
+        kind = ocr.is_ocr_file(path)
+        if kind:
+            return kind
+        raise RestoreError(f"--input {path}: neither ALTO XML nor hOCR; give an OCR engine's ALTO or hOCR output, "
                            "or name the format with --format.")
+    if extension not in FORMATS:
+        raise RestoreError(f"--input {path}: unknown file type '.{extension}'; use .txt, .jsonl, .csv, .tsv, "
+                           "ALTO .xml or .hocr, or name the format with --format.")
     return extension
 
 
@@ -59,16 +87,23 @@ def lines_of(path):
 
 
 def read_documents(path, options):
-    """[(Document, targets or None)] from the input, in order."""
+    """([Example], the OcrPage for ALTO / hOCR input or None), in input order."""
     if path != "-" and not os.path.isfile(path):
         raise RestoreError(f"--input {path}: no such file.")
     kind = input_format(path, options.format)
     marked = lambda text: from_markers(text, options.marker, options.any_length)  # noqa: E731
-    examples = []
-    if kind == "jsonl":
+    kept = lambda fields: {name: fields[name] for name in options.keep_fields if name in fields}  # noqa: E731
+    examples, page = [], None
+    if kind in ("alto", "hocr"):
+        try:
+            page = ocr.read_ocr(path, options.ocr_confidence)
+        except ocr.OcrError as error:
+            raise RestoreError(f"--input {error}") from None
+        examples = [Example(document, None, {"id": name}) for document, name in zip(page.documents, page.ids)]
+    elif kind == "jsonl":
         for line_number, line in lines_of(path):
             if line.strip():
-                examples.append(jsonl_example(path, line_number, line, options.any_length))
+                examples.append(jsonl_example(path, line_number, line, options.any_length, options.keep_fields))
     elif kind in ("csv", "tsv"):
         # One string, so that a quoted field may span lines as CSV allows.
         rows = csv.DictReader(io.StringIO("\n".join(line for _, line in lines_of(path))),
@@ -76,23 +111,24 @@ def read_documents(path, options):
         if options.text_column not in (rows.fieldnames or []):
             raise RestoreError(f"--input {path}: no column \"{options.text_column}\" (found {rows.fieldnames}); "
                                "name the text column with --text-column.")
-        examples = [(marked(row[options.text_column] or ""), None) for row in rows]
+        examples = [Example(marked(row[options.text_column] or ""), None, kept(row)) for row in rows]
     elif options.documents == "paragraphs":
         paragraph = []
         for _, line in list(lines_of(path)) + [(0, "")]:
             if line.strip():
                 paragraph.append(line)
             elif paragraph:
-                examples.append((marked("\n".join(paragraph)), None))
+                examples.append(Example(marked("\n".join(paragraph))))
                 paragraph = []
     else:
-        examples = [(marked(line), None) for _, line in lines_of(path) if line.strip()]
-    if not examples:
+        # Blank lines too, each an empty result: output line N answers input line N.
+        examples = [Example(marked(line)) for _, line in lines_of(path)]
+    if not any(example.document.text.strip() for example in examples):
         raise RestoreError(f"--input {path}: no text to restore.")
-    return examples
+    return examples, page
 
 
-def jsonl_example(path, line_number, line, any_length):
+def jsonl_example(path, line_number, line, any_length, keep=()):
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -110,15 +146,32 @@ def jsonl_example(path, line_number, line, any_length):
     if lengths is None and targets is not None and SENTINEL.search(targets):
         lengths = target_lengths(targets)  # scoring: the targets show how many characters each gap lost
         lengths += [None] * (count - len(lengths))
-    return from_sentinels(record["inputs"], None if any_length else lengths), targets
+    return Example(from_sentinels(record["inputs"], None if any_length else lengths), targets,
+                   {name: record[name] for name in keep if name in record})
+
+
+def output_kind(path, page):
+    """"jsonl", or the OCR format of `page` when the output is to be the same document back."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if path == "-" or extension == "jsonl":
+        return "jsonl"
+    if page is not None and extension in ("xml", "alto", "hocr", "html", "htm"):
+        check_folder(path, "--output")
+        return page.kind
+    raise RestoreError(f"--output {path}: write .jsonl (or -)" + (f", or {page.kind.upper()} back as .xml / .hocr"
+                                                                  if page is not None else "") + ".")
+
+
+def check_folder(path, option):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RestoreError(f"{option} {path}: the folder {folder} does not exist.")
 
 
 def output_handle(path):
     if path == "-":
         return sys.stdout
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise RestoreError(f"--output {path}: the folder {folder} does not exist.")
+    check_folder(path, "--output")
     return open(path, "w", encoding="utf-8")
 
 
@@ -128,6 +181,12 @@ def parse_options(argv):
     parser.add_argument("--input", required=True, help=".txt, .jsonl, .csv, .tsv, or - for standard input")
     parser.add_argument("--output", required=True, help=".jsonl to write, or - for standard output")
     parser.add_argument("--format", choices=FORMATS, help="input format when the extension does not say it")
+    parser.add_argument("--html", help="also write a review page (one self-contained .html file) of the results")
+    parser.add_argument("--ocr-confidence", type=float, default=ocr.DEFAULT_THRESHOLD,
+                        help=f"ALTO / hOCR input: a glyph or word the engine read with less confidence than this "
+                        f"(0 to 1) is lost (default {ocr.DEFAULT_THRESHOLD}, measured: see README)")
+    parser.add_argument("--keep-fields", default="id", help="fields (.jsonl) or columns (.csv / .tsv) copied into "
+                        "each output line, comma-separated (default: id)")
     parser.add_argument("--text-column", default="text", help="column holding the text in .csv / .tsv input")
     parser.add_argument("--documents", choices=("lines", "paragraphs"), default="lines",
                         help="in .txt: one text per line, or blank-line-separated paragraphs (OCR breaks lines)")
@@ -141,6 +200,8 @@ def parse_options(argv):
                         "are ranked (default: the model's saved one, 0 unless tuned); confidence stays the model's")
     parser.add_argument("--tune-lexicon-bonus", action="store_true", help="with --lexicon and --input holding targets "
                         "(validation that shares no text with training): try bonuses, save the best with the model")
+    parser.add_argument("--calibrate", action="store_true", help="with --input holding targets (validation that "
+                        "shares no text with training): fit the confidence temperature, save it with the model")
     parser.add_argument("--batch-size", type=int, default=16, help="windows decoded together")
     parser.add_argument("--max-input-length", type=int, help="tokens per window (default: the model's MAX_INPUT_LENGTH)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens generated per window (default: MAX_TARGET_LENGTH)")
@@ -162,39 +223,80 @@ def parse_options(argv):
         raise RestoreError("--lexicon-bonus is a log-probability between 0 and 100, e.g. 2.")
     if options.tune_lexicon_bonus and not options.lexicon:
         raise RestoreError("--tune-lexicon-bonus needs --lexicon: the terms whose bonus is tuned.")
+    if not 0 <= options.ocr_confidence <= 1:
+        raise RestoreError(f"--ocr-confidence is a confidence between 0 and 1, e.g. {ocr.DEFAULT_THRESHOLD}.")
+    if options.html:
+        check_folder(options.html, "--html")
+        if os.path.abspath(options.html) == os.path.abspath(options.output):
+            raise RestoreError("--html and --output name the same file; give the review page a name of its own.")
+    options.keep_fields = [name.strip() for name in options.keep_fields.split(",") if name.strip()]
     return options
 
 
 BONUSES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # log-probability: a term may win against a text up to e^8 times likelier
 
 
+def scored(examples, option):
+    found = [example for example in examples if example.targets is not None]
+    if not found:
+        raise RestoreError(f"{option} needs --input with targets (.jsonl with inputs and targets).")
+    return [example.document for example in found], [example.targets for example in found]
+
+
 def tune_lexicon_bonus(restorer, examples, model_folder):
     """Restore `examples` (which must hold targets) with each of BONUSES, print span_accuracy for each,
     and keep the best (the smallest among equals) in the model folder's generation_config.json."""
-    scored = [(document, targets) for document, targets in examples if targets is not None]
-    if not scored:
-        raise RestoreError("--tune-lexicon-bonus needs --input with targets (.jsonl with inputs and targets).")
+    documents, targets = scored(examples, "--tune-lexicon-bonus")
     accuracy = {}
     for bonus in BONUSES:
         restorer.decoding.lexicon_bonus = bonus
-        results = restorer.restore_documents([document for document, _ in scored])
-        accuracy[bonus] = restoration_metrics([result["prediction"] for result in results],
-                                              [targets for _, targets in scored])["span_accuracy"]
+        results = restorer.restore_documents(documents)
+        accuracy[bonus] = restoration_metrics([result["prediction"] for result in results], targets)["span_accuracy"]
         print(f"lexicon bonus {bonus:g}: span_accuracy {accuracy[bonus]:.4f}", file=sys.stderr)
     best = max(BONUSES, key=lambda bonus: (accuracy[bonus], -bonus))
     restorer.decoding.lexicon_bonus = best
+    save_decoding(restorer, model_folder)
+    print(f"Saved lexicon bonus {best:g} (span_accuracy {accuracy[best]:.4f} on {len(targets)} examples, "
+          f"{accuracy[0.0]:.4f} without) in {model_folder}/generation_config.json.", file=sys.stderr)
+
+
+def calibrate(restorer, examples, model_folder):
+    """Fit how confidence is shown on `examples` (which must hold targets), save it with the model and
+    draw MODEL/reliability.png. The error after fitting is measured on the spans it was fitted on, the
+    best case: restore other held-out data for an unbiased figure (its metrics line has calibration_error)."""
+    documents, targets = scored(examples, "--calibrate")
+    _, pairs = graded_spans(restorer, documents, targets)
+    problem = fit_problem(pairs)
+    temperature, shift = fit(pairs)
+    if problem is None and (temperature, shift) == (1.0, 0.0):
+        problem = "the model's probability does not rise with being right on these spans"
+    if problem:  # never replace a calibration fitted in training by "none"
+        raise RestoreError(f"--calibrate: {problem}; nothing was saved. Use validation with more examples.")
+    restorer.decoding.confidence_temperature, restorer.decoding.confidence_shift = temperature, shift
+    try:
+        save_decoding(restorer, model_folder)
+        picture = draw_reliability(os.path.join(model_folder, "reliability.png"), pairs, temperature, shift,
+                                   f"{os.path.basename(os.path.abspath(model_folder))}: {len(targets)} examples")
+    except OSError as error:
+        raise RestoreError(f"--calibrate: could not write in {model_folder} ({error.strerror}).") from None
+    print(f"Saved confidence calibration (temperature {temperature:g}, shift {shift:g}) in "
+          f"{model_folder}/generation_config.json: calibration error {calibration_error(pairs):.4f} -> "
+          f"{calibration_error(recalibrated(pairs, temperature, shift)):.4f} on these {len(pairs)} spans (fitted on "
+          f"them); reliability diagram: {picture}", file=sys.stderr)
+
+
+def save_decoding(restorer, model_folder):
     restorer.decoding.save_to(restorer.model)
     folder = tempfile.mkdtemp(dir=model_folder)  # written whole, then swapped in: never half a file
     restorer.model.generation_config.save_pretrained(folder)
     os.replace(os.path.join(folder, "generation_config.json"), os.path.join(model_folder, "generation_config.json"))
     os.rmdir(folder)
-    print(f"Saved lexicon bonus {best:g} (span_accuracy {accuracy[best]:.4f} on {len(scored)} examples, "
-          f"{accuracy[0.0]:.4f} without) in {model_folder}/generation_config.json.", file=sys.stderr)
 
 
 def main(argv=None):
     options = parse_options(argv)
-    examples = read_documents(options.input, options)
+    examples, page = read_documents(options.input, options)
+    kind = output_kind(options.output, page)
     lexicon = []
     if options.lexicon:
         from domainfocus.masking import PrepareError, read_lexicon
@@ -203,7 +305,10 @@ def main(argv=None):
             lexicon = read_lexicon(options.lexicon)
         except PrepareError as error:
             raise RestoreError(f"--lexicon {error}") from None
-    handle = output_handle(options.output)
+    for asked, option in ((options.tune_lexicon_bonus, "--tune-lexicon-bonus"), (options.calibrate, "--calibrate")):
+        if asked:
+            scored(examples, option)  # before the model is loaded: a mistake is told at once
+    handle = output_handle(options.output) if kind == "jsonl" else None
     from tqdm.auto import tqdm
 
     restorer = Restorer.load(options.model, options.device, lexicon, num_beams=options.num_beams,
@@ -211,45 +316,87 @@ def main(argv=None):
                              max_new_tokens=options.max_new_tokens, lexicon_bonus=options.lexicon_bonus)
     if options.tune_lexicon_bonus:
         tune_lexicon_bonus(restorer, examples, options.model)
+    if options.calibrate:
+        calibrate(restorer, examples, options.model)
     counts = {"restored": 0, "left marked": 0, "flagged for review": 0}
-    scored_predictions, scored_targets = [], []
-    written = 0
+    keep = options.html or kind != "jsonl"  # the page and an OCR file are written at the end, from every result
+    scored_examples, records, done = [], [], 0
     try:
         with tqdm(total=len(examples), desc="Restoring", unit="text", file=sys.stderr) as progress:
             for start in range(0, len(examples), options.batch_size):  # written as it goes
                 chunk = examples[start:start + options.batch_size]
-                results = restorer.restore_documents([document for document, _ in chunk], options.alternatives,
+                results = restorer.restore_documents([example.document for example in chunk], options.alternatives,
                                                      options.review_below)
                 lines = []
-                for (document, targets), result in zip(chunk, results):
+                for example, result in zip(chunk, results):
                     tally(counts, result)
                     prediction = result.pop("prediction")
-                    if targets is not None:
-                        result.update(prediction=prediction, targets=targets)
-                        scored_predictions.append(prediction)
-                        scored_targets.append(targets)
-                    lines.append(json.dumps(result, ensure_ascii=False) + "\n")
-                handle.write("".join(lines))  # whole lines only, so an interrupt never leaves half of one
-                handle.flush()
-                written += len(chunk)
+                    if example.targets is not None:
+                        result.update(prediction=prediction, targets=example.targets)
+                        scored_examples.append((example, result))
+                    record = {**example.kept, **result}
+                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+                    if keep:
+                        records.append(record)
+                if handle is not None:
+                    handle.write("".join(lines))  # whole lines only, so an interrupt never leaves half of one
+                    handle.flush()
+                done += len(chunk)
                 progress.update(len(chunk))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"Interrupted: {written} of {len(examples)} texts written to {options.output} (complete lines); "
-              f"the rest were not restored.", file=sys.stderr)
+        told = [f"{done} of {len(examples)} texts " + (f"written to {options.output} (complete lines)"
+                                                       if handle is not None else "restored")]
+        told += finish(options, page, kind, examples, records[:done] if keep else [])
+        print(f"Interrupted: {'; '.join(told)}; the rest were not restored.", file=sys.stderr)
         return 130
     finally:
-        if handle is not sys.stdout:
+        if handle is not None and handle is not sys.stdout:
             handle.close()
+    try:
+        finish(options, page, kind, examples, records)
+    except KeyboardInterrupt:  # the restoring is done; only a file being swapped in can be cut short
+        print(f"Interrupted while writing {options.html or options.output}: that file was left as it was "
+              "(every file is written whole or not at all).", file=sys.stderr)
+        return 130
     print(f"Restored {len(examples)} texts -> {options.output}: {counts['restored']} spans restored, "
-          f"{counts['left marked']} left marked, {counts['flagged for review']} flagged for review.", file=sys.stderr)
+          f"{counts['left marked']} left marked, {counts['flagged for review']} flagged for review."
+          + (f" Review page: {options.html}" if options.html else ""), file=sys.stderr)
     if restorer.searches_cut:
         print(f"{restorer.searches_cut} spans reached the lexicon search's limit: their restoration is the best "
               "candidate found, not proven the best of the lexicon.", file=sys.stderr)
-    if scored_targets:
-        metrics = restoration_metrics(scored_predictions, scored_targets)
-        print(json.dumps({"examples": len(scored_targets), **{k: round(v, 4) for k, v in metrics.items()}}))
+    if scored_examples:
+        documents = [example.document for example, _ in scored_examples]
+        results = [result for _, result in scored_examples]
+        targets = [example.targets for example, _ in scored_examples]
+        metrics = restoration_metrics([result["prediction"] for result in results], targets)
+        metrics["calibration_error"] = calibration_error(shown_pairs(documents, results, targets))
+        print(json.dumps({"examples": len(targets), **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
+
+
+def finish(options, page, kind, examples, records):
+    """Write what is written at the end: the OCR file (blocks not restored, after an interrupt, as the
+    engine read them) and the review page of `records`. Returns what was written, in words."""
+    from domainfocus.review import ReviewError, write_review_page
+
+    written = []
+    try:
+        if page is not None and kind != "jsonl":
+            unrestored = [{"inputs": example.document.text, "restored": example.document.text, "spans": [
+                {"text": "", "confidence": None, "review": False, "alternatives": []} for _ in example.document.spans]}
+                for example in examples[len(records):]]
+            page.write(records + unrestored, options.output)
+            written.append(f"{options.output} written" + (f" ({len(unrestored)} blocks as the engine read them)"
+                                                          if unrestored else ""))
+        if options.html and records:
+            write_review_page(options.html, records, title=f"DomainFocus review: {os.path.basename(options.input)}")
+            written.append(f"the review page {options.html} shows {len(records)} texts")
+    except OSError as error:
+        raise RestoreError(f"could not write {error.filename or options.output}: {error.strerror}.") from None
+    except ReviewError as error:
+        raise RestoreError(f"--html: {error}") from None
+    return written
 
 
 def tally(counts, result):

@@ -295,10 +295,11 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
         model = load_model(*model_source, tokenizer=tokenizer)[1]
     # Saved in generation_config.json with every checkpoint, best/ and latest/: restore.py decodes as evaluated,
     # and cuts long documents into windows the size of the training inputs.
-    train = counts["train"]
+    # A resumed run keeps the confidence calibration its last evaluation fitted until the next one.
+    train, calibration = counts["train"], resumed_calibration(checkpoint)
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
              max_new_tokens=config["MAX_TARGET_LENGTH"], whole_tokens=train["longest_input"],
-             window_tokens=math.ceil(train["input_tokens"] / max(train["examples"], 1))).save_to(model)
+             window_tokens=math.ceil(train["input_tokens"] / max(train["examples"], 1)), **calibration).save_to(model)
     if lora:
         model = attach_lora(model, config["LORA_RANK"], config["LORA_ALPHA"], config["LORA_DROPOUT"],
                             lora_targets(config), bf16=precision_flags["bf16"])
@@ -347,6 +348,17 @@ def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, val
         write_card=lambda folder, step, metrics: write_text(os.path.join(folder, "README.md"),
                                                             model_card(config, counts, step, metrics))))
     return trainer, save_model, early_stopping
+
+
+def resumed_calibration(checkpoint):
+    """confidence_temperature and confidence_shift saved in the checkpoint, or none."""
+    try:
+        with open(os.path.join(checkpoint or "", "generation_config.json"), encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return {name: float(saved[name]) for name in ("confidence_temperature", "confidence_shift")
+            if isinstance(saved.get(name), (int, float))}
 
 
 def ready_to_resume(config, trainer, checkpoint, evaluation):

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 
 from domainfocus.data import file_fingerprint, masking_mode
@@ -72,6 +73,25 @@ def write_text(path, text):
         handle.write(text)
 
 
+def write_file_atomically(path, data):
+    """Write `data` (str as UTF-8, or bytes) to a new file beside `path`, then rename it over `path`:
+    a reader sees the old file or the new one, never half of one. Flushed to disk before the rename;
+    the usual permissions (umask applies)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with open(descriptor, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
 def write_json_atomically(path, payload):
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -114,7 +134,7 @@ def checkpoint_problem(path):
 
 # What a run writes into OUTPUT_DIR besides its checkpoints (RESUME=None with OVERWRITE_OUTPUT_DIR clears them).
 OUTPUT_FILES = ("best", "latest", "metrics.jsonl", "train.log", "run_config.json", "training_curves.png",
-                "validation.jsonl", "tensorboard")
+                "reliability.png", "validation.jsonl", "tensorboard")
 
 
 def find_checkpoint(output_dir, resume, overwrite=False):

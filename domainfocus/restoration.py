@@ -7,9 +7,11 @@ so that best/ restores exactly as it was evaluated. Use it from Python:
     restorer = Restorer.load("runs/demo/best")               # once
     results = restorer.restore(["予阿□□□□治疗。"])          # any number of texts, any length
 
-Each result is {"inputs", "restored", "spans": [{"text", "confidence", "review", ["reason"], "alternatives"}],
-"prediction"} ("prediction": the spans in sentinel format, what the metrics score); a text-to-text
-input has no spans, and "review" and "reason" of its own when its rewrite was cut short.
+Each result is {"inputs", "restored", "spans": [{"text", "confidence", "review", ["reason"], "alternatives",
+"length", "input_start", "input_end", "start", "end"}], "prediction"} ("prediction": the spans in
+sentinel format, what the metrics score; inputs[input_start:input_end] is the span's marker,
+restored[start:end] its text, or the marker kept when it was not restored); a text-to-text input
+has no spans, and "review" and "reason" of its own when its rewrite was cut short.
 
 What it guarantees:
 * Every lost span appears in the result, in order. A span the model did not finish (nothing
@@ -24,7 +26,8 @@ What it guarantees:
 * Spans are chosen in order: candidates for span k (every beam's text for it, and the lexicon
   terms that can win) are scored after the restorations chosen for spans 0..k-1. Confidence of a
   span = the model's probability of its tokens followed by the closing sentinel, given the input
-  and those earlier restorations (product of softmax probabilities, without the length mask).
+  and those earlier restorations (product of softmax probabilities, without the length mask),
+  shown through the calibration fitted on validation (calibration.py), which never changes the choice.
 * With a lexicon, the choice is exact at any lexicon size: a best-first search over the terms'
   tokens scores every term whose probability can still beat the candidates found so far.
 """
@@ -35,6 +38,7 @@ import heapq
 import itertools
 import math
 
+from domainfocus.calibration import calibrated
 from domainfocus.constraint import SpanConstraint, TokenTable
 from domainfocus.damage import Span, from_markers
 from domainfocus.lengths import (
@@ -64,13 +68,18 @@ class Decoding:
     whole_tokens: int = None  # a document up to this many tokens is one window (the longest training input)
     window_tokens: int = None  # tokens per window when a longer one is cut (an average training input)
     # A prior on lexicon terms: added to a term's log-probability when candidates are ranked (0: the model
-    # alone decides). The confidence shown stays the model's own probability; chosen on validation
+    # alone decides). The confidence shown is the model's probability, never the boosted score; chosen on validation
     # (restore.py --tune-lexicon-bonus) and saved with the model.
     lexicon_bonus: float = 0.0
+    # How the model's probability of a span is shown, fitted on validation so that of the spans shown
+    # with confidence 0.8 about 8 in 10 are right (calibration.py): sigmoid(logit(p) / temperature + shift).
+    # It never changes which text is chosen. 1 and 0: the model's own probability.
+    confidence_temperature: float = 1.0
+    confidence_shift: float = 0.0
     batch_size: int = 16
 
     SAVED = ("num_beams", "length_aware", "max_input_length", "max_new_tokens", "whole_tokens", "window_tokens",
-             "lexicon_bonus")
+             "lexicon_bonus", "confidence_temperature", "confidence_shift")
 
     @classmethod
     def of_model(cls, model, **overrides):
@@ -79,6 +88,10 @@ class Decoding:
         values = {name: getattr(saved, name) for name in cls.SAVED if getattr(saved, name, None) is not None}
         values.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**values)
+
+    def shown(self, probability):
+        """The confidence shown for a span the model gives `probability`."""
+        return calibrated(probability, self.confidence_temperature, self.confidence_shift)
 
     def save_to(self, model):
         """Make `model.save_pretrained` write these settings into generation_config.json."""
@@ -116,6 +129,7 @@ class Restorer:
         self.searches_cut = 0  # spans whose lexicon search reached LEXICON_NODES_PER_SPAN
         self.unproven = set()  # id(Span) of those in the current call: flagged for review
         self.overruled = {}  # id(Span) -> the likelier text a lexicon bonus ranked below the chosen term
+        self.probabilities = {}  # id(Span) -> the model's probability of its restoration, before calibration
         terms = [term for term in dict.fromkeys(lexicon) if term.strip()]
         for term, tokens in zip(terms, self.span_tokens(terms)):
             for key in ((source_length(term), None) if tokens else ()):
@@ -156,7 +170,7 @@ class Restorer:
         if self.table is None:
             self.table = TokenTable(self.tokenizer, model.get_output_embeddings().weight.shape[0]).to(device)
         chosen, plain_outputs = {}, {}  # id(Span) -> (Candidate or None, [alternatives]); index -> (text, cut)
-        self.unproven, self.overruled = set(), {}
+        self.unproven, self.overruled, self.probabilities = set(), {}, {}
         windows = [window for document in documents if not document.plain and document.spans
                    for window in cut_windows(document, self.tokenizer, decoding)]
         pieces = [(index, piece) for index, document in enumerate(documents) if document.plain
@@ -425,6 +439,17 @@ class Restorer:
         return self.marked_unknown(text.split(UNKNOWN), span), reason
 
     @staticmethod
+    def alternatives_shown(candidate, confidence, others):
+        """The confidence shown for each alternative: the chosen one's shown confidence times the odds
+        the model gives the alternative against it, scaled down where together they would pass 1.
+        The calibration is fitted on the chosen texts only, so it is not applied to the others one by
+        one (that would show three runners-up at 70% each); with the model's own confidence this is
+        exactly the model's probability of each."""
+        shown = [confidence * math.exp(other.log_probability - candidate.log_probability) for other in others]
+        total = sum(shown)
+        return [value * (1 - confidence) / total for value in shown] if confidence + total > 1 else shown
+
+    @staticmethod
     def marked_unknown(pieces, span):
         """The text around <unk>s (`pieces`), each <unk> shown as markers: at least one each, and as many
         as the span's length leaves to them, the text around them folded as little as that allows
@@ -455,14 +480,20 @@ class Restorer:
                 record["reason"] = f"generation stopped at max_new_tokens={self.decoding.max_new_tokens}"
             return record
         pieces, spans = [], []
+        read, written = 0, 0  # characters of `inputs` and of `restored` before the current part
         for part in document.parts:
             if not isinstance(part, Span):
                 pieces.append(part)
+                read, written = read + len(part), written + len(part)
                 continue
+            where = {"length": part.length, "input_start": read, "input_end": read + len(part.marker)}
+            read += len(part.marker)
             candidate, others = chosen.get(id(part), (None, []))
             if candidate is None:  # never hidden: the original marker stays, and the span is counted
                 pieces.append(part.marker)
-                spans.append({"text": "", "confidence": None, "alternatives": [], "review": False})
+                spans.append({"text": "", "confidence": None, "alternatives": [], "review": False, **where,
+                              "start": written, "end": written + len(part.marker)})
+                written += len(part.marker)
                 continue
             text, reason = self.display(candidate, part)
             if reason is None and id(part) in self.unproven:
@@ -470,15 +501,20 @@ class Restorer:
             if reason is None and id(part) in self.overruled:
                 reason = (f"chosen for being a lexicon term: the model finds "
                           f"{self.display(self.overruled[id(part)], part)[0]!r} likelier")
-            confidence = math.exp(candidate.log_probability)
+            self.probabilities[id(part)] = math.exp(candidate.log_probability)  # unrounded, for calibration
+            confidence = self.decoding.shown(self.probabilities[id(part)])
             if reason is None and review_below is not None and confidence < review_below:
                 reason = f"confidence below {review_below}"
             pieces.append(REVIEW_MARKS[0] + text + REVIEW_MARKS[1] if reason else text)
+            start = written + (len(REVIEW_MARKS[0]) if reason else 0)
+            written += len(pieces[-1])
             span = {"text": text, "confidence": float(f"{confidence:.4g}"), "review": reason is not None}
             if reason:
                 span["reason"] = reason
-            span["alternatives"] = [{"text": self.display(other, part)[0],
-                                     "confidence": float(f"{math.exp(other.log_probability):.4g}")} for other in others]
+            span["alternatives"] = [{"text": self.display(other, part)[0], "confidence": float(f"{shown:.4g}")}
+                                    for other, shown in zip(others, self.alternatives_shown(candidate, confidence,
+                                                                                            others))]
+            span.update(where, start=start, end=start + len(text))
             spans.append(span)
         return {"inputs": document.text, "restored": "".join(pieces), "spans": spans,
                 "prediction": build_targets([span["text"] for span in spans]) if spans else ""}

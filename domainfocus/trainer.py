@@ -13,6 +13,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallba
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from domainfocus.calibration import calibration_error, draw_reliability, fit, graded_spans, recalibrated
 from domainfocus.checkpoints import SaveFailed, write_error
 from domainfocus.damage import from_sentinels, target_lengths
 from domainfocus.data import MaskedExamples
@@ -223,17 +224,40 @@ class DomainFocusTrainer(Seq2SeqTrainer):
                          for text, target in self.generation_examples]
             # Under torchrun each process restores every world_size-th example, then every process gathers them all.
             rank, world = self.args.process_index, self.args.world_size
-            mine = [result["prediction"] for result in self.restorer.restore_documents(documents[rank::world])]
+            results, pairs = graded_spans(self.restorer, documents[rank::world], targets[rank::world])
+            mine = [result["prediction"] for result in results]
             predictions = mine
             if world > 1:
                 import torch.distributed as dist
 
                 gathered = [None] * world
-                dist.all_gather_object(gathered, mine)
-                predictions = [gathered[index % world][index // world] for index in range(len(documents))]
+                dist.all_gather_object(gathered, (mine, pairs))
+                predictions = [gathered[index % world][0][index // world] for index in range(len(documents))]
+                pairs = [pair for _, theirs in gathered for pair in theirs]
             for name, value in restoration_metrics(predictions, targets).items():
                 output.metrics[f"eval_{name}"] = value
+            self.calibrate(model, pairs, output.metrics)
         return output
+
+    def calibrate(self, model, pairs, metrics):
+        """Fit how confidence is shown on this evaluation's spans (calibration.py) and keep it in the
+        model's generation config, so that the best/ and latest/ saved from this evaluation show
+        calibrated confidence; log the error before and after, and draw OUTPUT_DIR/reliability.png."""
+        temperature, shift = fit(pairs)
+        model.generation_config.confidence_temperature = temperature
+        model.generation_config.confidence_shift = shift
+        model.generation_config._from_model_config = False  # keep the keys when the config is read back
+        if not pairs:
+            return
+        metrics.update(eval_calibration_error=calibration_error(pairs), eval_confidence_temperature=temperature,
+                       eval_confidence_shift=shift,
+                       eval_calibration_error_fitted=calibration_error(recalibrated(pairs, temperature, shift)))
+        if self.args.should_save:
+            try:
+                draw_reliability(os.path.join(self.args.output_dir, "reliability.png"), pairs, temperature, shift,
+                                 f"Validation spans at step {self.state.global_step}")
+            except OSError as error:  # a picture is not worth stopping a run for
+                logger.warning("Could not draw reliability.png: %s", error)
 
     # The Trainer drops unused columns before it builds the length-grouped sampler, which
     # throws away the precomputed "length" column; and datasets 5 hands the column over as a

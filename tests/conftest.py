@@ -167,6 +167,16 @@ def clinical_data(tmp_path_factory):
     return tuple(files)
 
 
+@pytest.fixture(scope="session")
+def mt5_run(tmp_path_factory, mt5_folder, clinical_data, hf_home):
+    """20 steps of full fine-tuning of the mT5-shaped model on the clinical notes: OUTPUT_DIR."""
+    output = tmp_path_factory.mktemp("mt5-run") / "out"
+    result = run_train_process(tiny_run_arguments(clinical_data, output, MODEL_NAME_OR_PATH=mt5_folder,
+                                                  LEARNING_RATE=3e-3), hf_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output
+
+
 # --- checks on what a run left behind ----------------------------------------------------------
 
 def weights(folder):

@@ -50,11 +50,14 @@ def test_quick_start_works_as_written_on_a_fresh_copy(tmp_path, hf_home):
                                 env=environment)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     demo = project / "runs" / "demo"
-    for name in ("best", "latest", "training_curves.png", "metrics.jsonl", "best/README.md"):
+    for name in ("best", "latest", "training_curves.png", "reliability.png", "metrics.jsonl", "best/README.md"):
         assert (demo / name).exists(), name
     evaluations = [record for record in map(json.loads, (demo / "metrics.jsonl").read_text().splitlines())
                    if "eval_loss" in record]
     # What the README promises: the loss falls clearly, the restoration rate rises.
     assert evaluations[-1]["eval_loss"] < evaluations[0]["eval_loss"] / 4
     assert evaluations[-1]["eval_span_accuracy"] > evaluations[0]["eval_span_accuracy"] + 0.15
+    # The demo model is under-confident (README, "Confidence you can take at its word"): the calibration
+    # fitted at its last evaluation shows confidence closer to how often it is right.
+    assert evaluations[-1]["eval_calibration_error_fitted"] < evaluations[-1]["eval_calibration_error"]
     assert os.path.getsize(demo / "training_curves.png") > 20_000

@@ -8,7 +8,6 @@ import re
 import signal
 
 import pytest
-
 from conftest import as_if_trained, clinical_lexicon, same_weights, tiny_run_arguments, trainer_state, wait_for
 
 ANSWERS = ["38.5℃", "10㎎", "Ⅱ型糖尿病", "Ⅲ度房室传导阻滞", "½片", "（见附件）", "0.5㎖", "阿司匹林",
@@ -230,18 +229,6 @@ def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, bonus, req
             listed = [term for term in alike if term in confidences]
             assert listed, (alike, probability, confidences)
             assert confidences[listed[0]] == pytest.approx(probability, rel=1e-3)
-
-
-@pytest.fixture(scope="session")
-def mt5_run(tmp_path_factory, mt5_folder, clinical_data, hf_home):
-    """20 steps of full fine-tuning of the mT5-shaped model on the clinical notes: OUTPUT_DIR."""
-    from conftest import run_train_process
-
-    output = tmp_path_factory.mktemp("mt5-run") / "out"
-    result = run_train_process(tiny_run_arguments(clinical_data, output, MODEL_NAME_OR_PATH=mt5_folder,
-                                                  LEARNING_RATE=3e-3), hf_home)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return output
 
 
 def test_an_interrupted_mt5_run_resumes_to_the_same_weights_and_keeps_its_own_head(mt5_run, mt5_folder, clinical_data,

@@ -68,8 +68,13 @@ def test_a_model_that_generates_nothing_leaves_every_marker_and_the_context_inta
     results = restorer.restore(texts)
     assert [result["restored"] for result in results] == texts
     assert [len(result["spans"]) for result in results] == [3, 2, 0]
-    for span in results[0]["spans"] + results[1]["spans"]:
-        assert span == {"text": "", "confidence": None, "alternatives": [], "review": False}
+    for result in results[:2]:
+        for span in result["spans"]:
+            assert {key: span[key] for key in ("text", "confidence", "alternatives", "review")} == {
+                "text": "", "confidence": None, "alternatives": [], "review": False}
+            # Annotation tools find the marker where it was, in the input and in the output.
+            assert result["inputs"][span["input_start"]:span["input_end"]] == "□" * span["length"]
+            assert result["restored"][span["start"]:span["end"]] == "□" * span["length"]
 
 
 def test_a_span_the_model_did_not_reach_stays_marked_and_the_one_it_did_is_filled(restorer, monkeypatch):
@@ -424,6 +429,35 @@ def test_csv_tsv_and_standard_input_and_output(finished_run, tmp_path, hf_home):
     assert result.returncode == 0 and len(json.loads(result.stdout.splitlines()[0])["spans"]) == 3
 
 
+def test_output_lines_answer_input_lines_keep_the_inputs_id_and_locate_every_span(finished_run, tmp_path, hf_home):
+    model = finished_run[0] / "best"
+    lines = [LINE, "", "无缺损的一行。", "   ", "予阿□□□□治疗，体温□□□□□。"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = restore(hf_home, "--model", model, "--input", tmp_path / "in.txt", "--output", tmp_path / "out.jsonl")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = records_of(tmp_path / "out.jsonl")
+    assert [record["inputs"] for record in records] == lines  # blank lines too: line N answers line N
+    assert records[1] == {"inputs": "", "restored": "", "spans": []}
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in (
+        {"id": "ward3-017", "ward": "3", "inputs": "患者因<extra_id_0>入院。", "lengths": [4]},
+        {"inputs": "给予<extra_id_0>治疗，<extra_id_1>。", "lengths": [4, None], "id": 18})), encoding="utf-8")
+    for keep, expected in ((None, [{"id": "ward3-017"}, {"id": 18}]),
+                           ("ward,id", [{"ward": "3", "id": "ward3-017"}, {"id": 18}])):
+        result = restore(hf_home, "--model", model, "--input", tmp_path / "in.jsonl", "--output",
+                         tmp_path / "out.jsonl", *(["--keep-fields", keep] if keep else []))
+        assert result.returncode == 0, result.stderr[-3000:]
+        with_ids = records_of(tmp_path / "out.jsonl")
+        assert [{key: record[key] for key in record if key in ("id", "ward")} for record in with_ids] == expected
+        assert list(with_ids[0])[:len(expected[0])] == list(expected[0])  # first, in the order asked for
+        records += with_ids
+    for record in records:
+        for span in record["spans"]:
+            assert record["restored"][span["start"]:span["end"]] == (span["text"] or record["inputs"][
+                span["input_start"]:span["input_end"]])
+            damaged = record["inputs"][span["input_start"]:span["input_end"]]
+            assert SENTINEL.fullmatch(damaged) or damaged == "□" * span["length"]
+
+
 def test_unknown_extension_missing_column_and_bad_model_are_one_line_errors(finished_run, tmp_path, hf_home):
     model = finished_run[0] / "best"
     (tmp_path / "notes.docx").write_text("x□\n", encoding="utf-8")
@@ -432,8 +466,11 @@ def test_unknown_extension_missing_column_and_bad_model_are_one_line_errors(fini
     for arguments, message in (
             (["--model", model, "--input", tmp_path / "notes.docx"], "unknown file type '.docx'"),
             (["--model", model, "--input", tmp_path / "notes.csv", "--text-column", "note"], "no column \"note\""),
-            (["--model", tmp_path, "--input", tmp_path / "in.txt"], "not a model folder")):
-        result = restore(hf_home, *arguments, "--output", tmp_path / "o.jsonl")
+            (["--model", tmp_path, "--input", tmp_path / "in.txt"], "not a model folder"),
+            (["--model", model, "--input", tmp_path / "in.txt", "--ocr-confidence", "60"], "between 0 and 1"),
+            (["--model", model, "--input", tmp_path / "in.txt", "--html", tmp_path / "no" / "r.html"], "does not exist"),
+            (["--model", model, "--input", tmp_path / "in.txt", "--output", tmp_path / "o.xml"], "write .jsonl")):
+        result = restore(hf_home, "--output", tmp_path / "o.jsonl", *arguments)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.jsonl").exists()
 
@@ -443,7 +480,8 @@ def test_ctrl_c_leaves_complete_lines_and_says_how_far_it_got(finished_run, tmp_
     (tmp_path / "many.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "out.jsonl"
     process = subprocess.Popen([sys.executable, str(ROOT / "restore.py"), "--model", str(finished_run[0] / "best"),
-                                "--input", str(tmp_path / "many.txt"), "--output", str(output)],
+                                "--input", str(tmp_path / "many.txt"), "--output", str(output),
+                                "--html", str(tmp_path / "review.html")],
                                stderr=subprocess.PIPE, text=True, env=offline_environment(hf_home))
     deadline = time.time() + 240
     while time.time() < deadline and (not output.exists() or output.stat().st_size < 2000):
@@ -457,3 +495,7 @@ def test_ctrl_c_leaves_complete_lines_and_says_how_far_it_got(finished_run, tmp_
     assert 0 < len(records) < len(lines)
     assert [record["inputs"] for record in records] == lines[:len(records)]
     assert f"Interrupted: {len(records)} of {len(lines)} texts written" in stderr
+    # The review page shows exactly the texts written, no more.
+    assert f"the review page {tmp_path / 'review.html'} shows {len(records)} texts" in stderr
+    page = (tmp_path / "review.html").read_text(encoding="utf-8")
+    assert lines[len(records) - 1] in page and lines[len(records)] not in page
