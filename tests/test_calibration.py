@@ -75,7 +75,7 @@ def run_folder(request, model):
     return request.getfixturevalue("finished_run")[0] if model == "demo" else request.getfixturevalue("mt5_run")
 
 
-def validation(request, model, count=12):
+def validation(request, model, count=6):
     path = ROOT / "demo" / "valid.jsonl" if model == "demo" else request.getfixturevalue("clinical_data")[1]
     lines = path.read_text(encoding="utf-8").splitlines()[:count]
     return [(record["inputs"], record["targets"]) for record in map(json.loads, lines)]
