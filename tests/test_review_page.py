@@ -379,3 +379,24 @@ def test_a_restoration_with_characters_the_model_could_not_write_is_never_accept
     assert summary(browser)["decisions in all"] == "0"
     press(browser, Keys.ESCAPE, "e", "鱻龘素", Keys.ENTER)
     assert summary(browser)["decisions in all"] == "1"
+
+
+def test_a_document_with_more_decisions_than_sentinels_is_exported_as_several_examples(browser, tmp_path):
+    """T5 has 100 sentinels, so one example holds at most 99 spans: 120 decisions in one long note
+    come out as two examples, cut at a sentence end, each numbered from <extra_id_0>."""
+    pieces = []
+    for number in range(120):
+        pieces += [f"第{number}次查房：予", {"marker": "□□", "text": "补液", "confidence": 0.4, "review": True},
+                   "。"]
+    record = restored_record(pieces, "long-1")
+    open_page(browser, tmp_path, [record])
+    press(browser, *(["j", "a"] * 120), "x")
+    first, second = downloaded(browser.downloads)
+    assert [len(part["decisions"]) for part in (first, second)] == [99, 21]
+    assert (first["part"], second["part"]) == (1, 2)
+    for part in (first, second):
+        assert part["targets"] == build_targets(["补液"] * len(part["decisions"]))
+        assert part["inputs"].count("<extra_id_") == len(part["decisions"])
+    assert first["inputs"].endswith("。") and second["inputs"].startswith("第99次查房")
+    whole = (first["inputs"] + second["inputs"]).replace("<extra_id_", "").split(">")
+    assert "".join(piece.rstrip("0123456789") for piece in whole) == record["inputs"].replace("□□", "")
