@@ -185,8 +185,8 @@ def parse_options(argv):
     parser.add_argument("--ocr-confidence", type=float, default=ocr.DEFAULT_THRESHOLD,
                         help=f"ALTO / hOCR input: a glyph or word the engine read with less confidence than this "
                         f"(0 to 1) is lost (default {ocr.DEFAULT_THRESHOLD}, measured: see README)")
-    parser.add_argument("--keep-fields", default="id", help="fields (.jsonl) or columns (.csv / .tsv) copied into "
-                        "each output line, comma-separated (default: id)")
+    parser.add_argument("--keep-fields", default="", help="fields (.jsonl) or columns (.csv / .tsv) copied into "
+                        "each output line besides id, which always is, comma-separated")
     parser.add_argument("--text-column", default="text", help="column holding the text in .csv / .tsv input")
     parser.add_argument("--documents", choices=("lines", "paragraphs"), default="lines",
                         help="in .txt: one text per line, or blank-line-separated paragraphs (OCR breaks lines)")
@@ -229,7 +229,8 @@ def parse_options(argv):
         check_folder(options.html, "--html")
         if os.path.abspath(options.html) == os.path.abspath(options.output):
             raise RestoreError("--html and --output name the same file; give the review page a name of its own.")
-    options.keep_fields = [name.strip() for name in options.keep_fields.split(",") if name.strip()]
+    options.keep_fields = list(dict.fromkeys(["id"] + [name.strip() for name in options.keep_fields.split(",")
+                                                       if name.strip()]))
     return options
 
 
@@ -371,7 +372,10 @@ def main(argv=None):
         targets = [example.targets for example, _ in scored_examples]
         metrics = restoration_metrics([result["prediction"] for result in results], targets)
         metrics["calibration_error"] = calibration_error(shown_pairs(documents, results, targets))
-        print(json.dumps({"examples": len(targets), **{k: round(v, 4) for k, v in metrics.items()}}))
+        if options.calibrate:  # the calibration was fitted on these very spans: say so where the figure is
+            metrics["calibration_fitted_on_these"] = True
+        print(json.dumps({"examples": len(targets), **{k: v if isinstance(v, bool) else round(v, 4)
+                                                       for k, v in metrics.items()}}))
     return 0
 
 

@@ -193,8 +193,10 @@ def parse(path):
         root = ET.fromstring(data)
     except ET.ParseError as error:
         line, column = error.position
+        hint = ("hOCR must be XHTML, as Tesseract writes it" if b"ocr_page" in data[:SNIFF_BYTES]
+                else "re-export it from the OCR engine, or check the file was not cut short")
         raise OcrError(f"{path}: not well-formed XML (line {line}, column {column + 1}: "
-                       f"{str(error).split(':')[0]}); hOCR must be XHTML, as Tesseract writes it.") from None
+                       f"{str(error).split(':')[0]}); {hint}.") from None
     start = re.search(rb"<(?![?!])", data)  # the root's start tag: after the declaration, DOCTYPE, comments
     return ET.ElementTree(root), data[:start.start()] if start else b"", namespaces
 

@@ -134,7 +134,8 @@ def test_restore_calibrate_fits_saves_and_applies_the_calibration(finished_run, 
     assert (temperature, shift) != (1.0, 0.0)
     own = [(span["confidence"], span["confidence"] >= median) for record in first for span in record["spans"]
            if span["confidence"] is not None]  # what the model's own confidence says on that validation
-    assert json.loads(fitted.stdout.splitlines()[-1])["calibration_error"] < calibration_error(own)
+    metrics = json.loads(fitted.stdout.splitlines()[-1])
+    assert metrics["calibration_error"] < calibration_error(own) and metrics["calibration_fitted_on_these"] is True
     second = records_of(tmp_path / "after.jsonl")
     assert [record["restored"] for record in first] == [record["restored"] for record in second]
     pairs = [(a, b) for x, y in zip(first, second) for a, b in zip(x["spans"], y["spans"]) if a["confidence"] is not None]

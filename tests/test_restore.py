@@ -442,13 +442,13 @@ def test_output_lines_answer_input_lines_keep_the_inputs_id_and_locate_every_spa
         {"id": "ward3-017", "ward": "3", "inputs": "患者因<extra_id_0>入院。", "lengths": [4]},
         {"inputs": "给予<extra_id_0>治疗，<extra_id_1>。", "lengths": [4, None], "id": 18})), encoding="utf-8")
     for keep, expected in ((None, [{"id": "ward3-017"}, {"id": 18}]),
-                           ("ward,id", [{"ward": "3", "id": "ward3-017"}, {"id": 18}])):
+                           ("ward", [{"id": "ward3-017", "ward": "3"}, {"id": 18}])):  # id is always kept
         result = restore(hf_home, "--model", model, "--input", tmp_path / "in.jsonl", "--output",
                          tmp_path / "out.jsonl", *(["--keep-fields", keep] if keep else []))
         assert result.returncode == 0, result.stderr[-3000:]
         with_ids = records_of(tmp_path / "out.jsonl")
         assert [{key: record[key] for key in record if key in ("id", "ward")} for record in with_ids] == expected
-        assert list(with_ids[0])[:len(expected[0])] == list(expected[0])  # first, in the order asked for
+        assert list(with_ids[0])[:len(expected[0])] == list(expected[0])  # first: id, then as asked
         records += with_ids
     for record in records:
         for span in record["spans"]:

@@ -400,3 +400,19 @@ def test_a_document_with_more_decisions_than_sentinels_is_exported_as_several_ex
     assert first["inputs"].endswith("。") and second["inputs"].startswith("第99次查房")
     whole = (first["inputs"] + second["inputs"]).replace("<extra_id_", "").split(">")
     assert "".join(piece.rstrip("0123456789") for piece in whole) == record["inputs"].replace("□□", "")
+
+
+def test_a_span_more_likely_wrong_than_right_needs_review_even_unflagged(browser, tmp_path):
+    """restore.py flags only below --review-below, which has no default: the page still sends the
+    reviewer to every span under 50%, and says when a typed word does not fit the lost length."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, tmp_path, [restored_record(["体温38.5℃，予", {"marker": "□□□", "text": "布洛芬", "confidence": 0.97},
+                                                   "口服，诊断为", {"marker": "□□□□□", "text": "Ⅱ型糖尿病",
+                                                                  "confidence": 0.3}, "。"], "low-1"),
+                                  restored_record(["无缺损的一行。"], "none-2")])
+    press(browser, "j")
+    assert focused(browser) == [0, 1]
+    press(browser, "e", "糖尿病", Keys.ENTER)  # the model's text is selected: typing replaces it
+    assert "3 characters where 5 were lost" in browser.find_element("id", "status").text
+    assert "no gaps" in browser.find_element("css selector", 'article:nth-of-type(2) .meta').text
