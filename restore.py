@@ -92,7 +92,6 @@ def read_documents(path, options):
         raise RestoreError(f"--input {path}: no such file.")
     kind = input_format(path, options.format)
     marked = lambda text: from_markers(text, options.marker, options.any_length)  # noqa: E731
-    kept = lambda fields: {name: fields[name] for name in options.keep_fields if name in fields}  # noqa: E731
     examples, page = [], None
     if kind in ("alto", "hocr"):
         try:
@@ -111,7 +110,8 @@ def read_documents(path, options):
         if options.text_column not in (rows.fieldnames or []):
             raise RestoreError(f"--input {path}: no column \"{options.text_column}\" (found {rows.fieldnames}); "
                                "name the text column with --text-column.")
-        examples = [Example(marked(row[options.text_column] or ""), None, kept(row)) for row in rows]
+        examples = [Example(marked(row[options.text_column] or ""), None, kept(row, options.keep_fields))
+                    for row in rows]
     elif options.documents == "paragraphs":
         paragraph = []
         for _, line in list(lines_of(path)) + [(0, "")]:
@@ -146,8 +146,12 @@ def jsonl_example(path, line_number, line, any_length, keep=()):
     if lengths is None and targets is not None and SENTINEL.search(targets):
         lengths = target_lengths(targets)  # scoring: the targets show how many characters each gap lost
         lengths += [None] * (count - len(lengths))
-    return Example(from_sentinels(record["inputs"], None if any_length else lengths), targets,
-                   {name: record[name] for name in keep if name in record})
+    return Example(from_sentinels(record["inputs"], None if any_length else lengths), targets, kept(record, keep))
+
+
+def kept(fields, names):
+    """The input's fields copied to its output line (--keep-fields), in the order asked for."""
+    return {name: fields[name] for name in names if name in fields}
 
 
 def output_kind(path, page):

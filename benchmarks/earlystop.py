@@ -14,6 +14,7 @@ import sys
 from types import SimpleNamespace
 
 from benchmarks.common import HERE, print_table
+from domainfocus.settings import metric_for_best_model
 
 # name: train.py arguments of a run on the demo data (validation shares no sentence with training).
 RUNS = {
@@ -34,8 +35,9 @@ def evaluations(metrics_file):
     return [by_step[step] for step in sorted(by_step)]
 
 
-def replay(callback, history, metric, greater_is_better):
-    """The step at which `callback` stops a run with this evaluation history (None: never)."""
+def replay(callback, history, metric, greater_is_better, is_better):
+    """The step at which `callback` stops a run with this evaluation history (None: never); `is_better`
+    is callbacks.is_better, the Trainer's own comparison."""
     from transformers import TrainerControl, TrainerState
 
     args = SimpleNamespace(metric_for_best_model=metric, greater_is_better=greater_is_better, world_size=1,
@@ -45,9 +47,8 @@ def replay(callback, history, metric, greater_is_better):
     for record in history:
         state.global_step = record["step"]
         callback.on_evaluate(args, state, control, metrics=record)
-        value = record[metric]
-        if state.best_metric is None or (value > state.best_metric if greater_is_better else value < state.best_metric):
-            state.best_metric = value  # what Trainer._determine_best_metric does after the callbacks
+        if is_better(record[metric], state.best_metric, greater_is_better):
+            state.best_metric = record[metric]  # what Trainer._determine_best_metric does after the callbacks
         if control.should_training_stop:
             return record["step"]
     return None
@@ -72,15 +73,17 @@ def bench_earlystop(options, folder):
                        check=True, cwd=HERE, stdout=subprocess.DEVNULL,
                        env={**os.environ, "HF_HOME": os.path.join(folder, "hf-home")})
         config, _ = tool.parse_arguments(arguments, tool.default_config())
-        metric, greater = "eval_loss", False  # the demo's METRIC_FOR_BEST_MODEL
+        metric = metric_for_best_model(config)
+        greater = metric != "eval_loss"  # as the trainer's arguments say it
         history = evaluations(os.path.join(output, "metrics.jsonl"))
         patience, threshold = config["EARLY_STOPPING_PATIENCE"], config["EARLY_STOPPING_THRESHOLD"]
+        is_better = options.callbacks.is_better
         stops = {
             "transformers' EarlyStoppingCallback": replay(EarlyStoppingCallback(patience, threshold), history, metric,
-                                                         greater),
+                                                         greater, is_better),
             f"DelayedEarlyStopping (from step {config['EARLY_STOPPING_START_STEP']})": replay(
                 DelayedEarlyStopping(config["EARLY_STOPPING_START_STEP"], patience, threshold), history, metric,
-                greater),
+                greater, is_better),
         }
         for rule, stop in stops.items():
             best = kept(history, stop, metric, greater)

@@ -116,14 +116,12 @@ def ocr_outputs(folder):
     return base + ".hocr", base + ".xml", f"{version} run here on tests/fixtures/ocr/page.png"
 
 
-def pipeline(path, model_folder, threshold, folder):
+def pipeline(path, restorer, threshold, folder):
     """read_ocr -> restoration by the model -> write; counts against the truth."""
     from domainfocus.ocr import read_ocr
-    from domainfocus.restoration import Restorer
 
     truth = load_truth()
     page = read_ocr(path, threshold)
-    restorer = Restorer.load(model_folder, "cpu", [])
     results = restorer.restore_documents(page.documents, alternatives=3)
     out = os.path.join(folder, "restored" + os.path.splitext(path)[1])
     page.write(results, out)
@@ -157,10 +155,13 @@ def bench_ocr(options, folder, threshold=None):
     print("\nGlyphs counted lost at each threshold (hOCR; ALTO from Tesseract carries the word's only):\n")
     print_table(["rule", "threshold", "stained lost", "clean read right, lost", "clean misread, lost",
                  "stained share - clean share"], threshold_table(hocr, truth))
+    from domainfocus.restoration import Restorer
+
     model_folder = getattr(options, "model", None) or trained_demo_model(folder)
+    restorer = Restorer.load(model_folder, "cpu", [])  # once, for both files
     rows = []
     for path in (alto, hocr):
-        counts = pipeline(path, model_folder, threshold, folder)
+        counts = pipeline(path, restorer, threshold, folder)
         rows.append((os.path.basename(path), *counts.values()))
     print(f"\nThe pipeline at threshold {threshold} with the model {model_folder}:\n")
     print_table(["file", *counts.keys()], rows)

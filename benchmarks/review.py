@@ -63,8 +63,9 @@ def chromium_missing():
     return f"{', '.join(missing)} missing (apt-get install chromium chromium-driver)" if missing else None
 
 
-def start_chromium(profile):
-    """Headless Chromium from the Debian packages, so that Selenium Manager never goes to the network."""
+def start_chromium(profile, downloads=None, size=(1280, 900)):
+    """Headless Chromium from the Debian packages, so that Selenium Manager never goes to the network;
+    with `downloads`, files the page offers are saved there without asking (the review tests use it)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -72,9 +73,15 @@ def start_chromium(profile):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1280,900"):
+                 f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}"):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    if downloads is not None:
+        options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                                  "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    if downloads is not None:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    return driver
 
 
 # Milliseconds from navigation start, as the page saw them.

@@ -277,7 +277,8 @@ def split_documents(documents, valid_ratio, seed, max_chars, counts=None):
 
 def text_digests(text):
     """(the digest of a text's normal form, the digest of its near-duplicate key)."""
-    return digest(normalize(text)), digest(near_key(text))
+    normal = normalize(text)  # once: this runs for every example of a corpus
+    return digest(normal), digest(NOT_LETTER.sub("", normal))
 
 
 def overlap(train, valid):

@@ -244,9 +244,9 @@ class DomainFocusTrainer(Seq2SeqTrainer):
         model's generation config, so that the best/ and latest/ saved from this evaluation show
         calibrated confidence; log the error before and after, and draw OUTPUT_DIR/reliability.png."""
         temperature, shift = fit(pairs)
-        model.generation_config.confidence_temperature = temperature
-        model.generation_config.confidence_shift = shift
-        model.generation_config._from_model_config = False  # keep the keys when the config is read back
+        decoding = self.restorer.decoding  # read from the model at this evaluation: saved back with the fit
+        decoding.confidence_temperature, decoding.confidence_shift = temperature, shift
+        decoding.save_to(model)
         if not pairs:
             return
         metrics.update(eval_calibration_error=calibration_error(pairs), eval_confidence_temperature=temperature,

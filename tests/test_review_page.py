@@ -18,10 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too (the screenshot)
 
+from benchmarks.review import chromium_missing, start_chromium
 from domainfocus.review import ReviewError, write_review_page
 from domainfocus.spans import build_targets
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 EXPORT_NAME = "review-decisions.jsonl"
 REVIEW_REASON = "confidence below 0.5"
 
@@ -131,37 +131,9 @@ def test_records_without_offsets_are_refused_by_name(tmp_path):
 
 # ---- The page in a browser ----
 
-def browser_missing():
-    """Why no browser test can run here, or None."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install selenium)"
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
-    return f"{', '.join(missing)} missing (apt-get install chromium chromium-driver)" if missing else None
-
-
-def start_chromium(profile, downloads, size=(1280, 900)):
-    """Headless Chromium from the Debian packages: Selenium Manager is never asked (no network)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    return driver
-
-
 @pytest.fixture
 def browser(tmp_path):
-    reason = browser_missing()
+    reason = chromium_missing()
     if reason:
         if os.environ.get("DOMAINFOCUS_REQUIRE_BROWSER") == "1":
             pytest.fail(f"DOMAINFOCUS_REQUIRE_BROWSER=1 but {reason}")
