@@ -12,8 +12,11 @@ one module per subject, and share its helpers (benchmarks/common.py) and its rec
              (--model, else the demo trained here first): 1, 2, 4 and 8 beams, each with and without
              the lengths, and 4 beams with the lexicon (every term masked in the training data,
              alone and shuffled among 20,000 others) at lexicon bonuses 0 to 8; span_accuracy, char_accuracy,
-             exact_match and spans/s; the accuracy of spans above and below a confidence of 0.5; and
-             the same spans joined into 3,000-character lines, restored in windows of whole sentences.
+             exact_match and spans/s; the accuracy of spans above and below a confidence of 0.5;
+             the same spans joined into 3,000-character lines, restored in windows of whole sentences;
+             and an archive's speed (documents and spans per second): plain model.generate with 4
+             beams, greedy and 4-beam length-aware restoration, with the 20,000-term lexicon, and
+             restore.py in one process and in two under torchrun.
   calibration (benchmarks/calibration.py) the same model's span confidence on the validation
              examples split in halves by text digest: a temperature fitted on one half, the
              expected calibration error (ECE) of both halves before and after it, and the reliability
@@ -70,11 +73,13 @@ one module per subject, and share its helpers (benchmarks/common.py) and its rec
   order      (benchmarks/speed.py; only with --only order, about 3 minutes) this tool's recipe with
              the batches in the order transformers' length grouping gives them, and shuffled as this
              tool does.
-  masking    (benchmarks/masking.py; about 12 minutes) the same small raw corpus, tiny model and
-             120 s each: masked once by prepare.py, masked once while training (FRESH_MASKS=False),
-             afresh every epoch, afresh with fresh noise, and afresh in a DataLoader worker; epochs
-             reached, real tokens/s (and its ratio to the prepared run), eval_loss and the
-             restoration metrics on demo/corpus_valid.txt, which shares no sentence with the corpus.
+  masking    (benchmarks/masking.py; about 12 minutes) the same small raw corpus, a 20,000-term
+             lexicon, tiny model and 120 s each: masked once by prepare.py, masked once while training
+             (FRESH_MASKS=False), afresh every epoch, afresh with fresh noise, and afresh in a DataLoader
+             worker; epochs reached, s/step, real tokens/s (and their ratio to the prepared run),
+             eval_loss and the restoration metrics on demo/corpus_valid.txt, which shares no sentence
+             with the corpus; and one epoch of masks drawn from the terms kept against searching the
+             lexicon at every draw.
   earlystop  (benchmarks/earlystop.py; only with --only earlystop, about 8 minutes) the demo run and a
              longer one (2,400 steps); transformers' EarlyStoppingCallback (same patience and
              threshold, no start step) and DelayedEarlyStopping replayed over each run's recorded
@@ -139,7 +144,7 @@ SECTIONS = {  # in the order of a full run
                      by_default=False),
     "order": Section(speed.bench_order, "length-grouped batches in transformers' order, and shuffled (3 minutes)",
                      by_default=False),
-    "masking": Section(masking.bench_masking, "masks drawn while training against prepared (12 minutes)"),
+    "masking": Section(masking.bench_masking, "masks drawn while training against prepared, 20,000-term lexicon (12 minutes)"),
     "lora": Section(lora.bench_lora, "full fine-tuning against LoRA of two ranks and target sets"),
     "earlystop": Section(earlystop.bench_earlystop, "where plain early stopping would stop, and its model (8 minutes)",
                          by_default=False),

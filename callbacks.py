@@ -308,13 +308,20 @@ class BestModelCallback(TrainerCallback):
         value = (metrics or {}).get(name)
         recorded = self.recorded if self.recorded and self.recorded.get("metric") == name and self.recorded.get(
             "evaluation", self.evaluation) == self.evaluation else None
-        if not is_better(value, state.best_metric, args.greater_is_better) or (
-                recorded and not is_better(value, recorded["value"], args.greater_is_better)):
+        better = is_better(value, state.best_metric, args.greater_is_better) and not (
+            recorded and not is_better(value, recorded["value"], args.greater_is_better))
+        # Decided once, by the main process, which writes best/: under torchrun every process must
+        # know, because gathering a sharded model's weights for the save takes all of them.
+        if not main_process_value(args, better):
             return
         record = {"metric": name, "value": value, "step": state.global_step, "evaluation": self.evaluation}
+        weights = self.save_function.gather() if hasattr(self.save_function, "gather") else None
         if state.is_world_process_zero:
             def save(folder):
-                self.save_function(folder)
+                if weights is None:
+                    self.save_function(folder)
+                else:
+                    self.save_function(folder, weights)
                 with open(os.path.join(folder, self.RECORD), "w", encoding="utf-8") as handle:
                     json.dump(record, handle)
                 if self.write_card:

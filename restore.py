@@ -30,6 +30,19 @@ import sys
 import tempfile
 
 from domainfocus import ocr
+from domainfocus.archive import (
+    ArchiveError,
+    DirectWriter,
+    PartWriter,
+    drop_cut_line,
+    gathered,
+    holds_prefix,
+    merge,
+    part_paths,
+    read_records,
+    remove_parts,
+    written_before,
+)
 from domainfocus.calibration import (
     calibration_error,
     draw_reliability,
@@ -40,6 +53,7 @@ from domainfocus.calibration import (
     shown_pairs,
 )
 from domainfocus.damage import Document, from_markers, from_sentinels, target_lengths
+from domainfocus.distributed import barrier, join_process_group, leave_process_group, total
 from domainfocus.restoration import Restorer
 from domainfocus.spans import SENTINEL, restoration_metrics
 
@@ -172,11 +186,11 @@ def check_folder(path, option):
         raise RestoreError(f"{option} {path}: the folder {folder} does not exist.")
 
 
-def output_handle(path):
+def output_handle(path, append=False):
     if path == "-":
         return sys.stdout
     check_folder(path, "--output")
-    return open(path, "w", encoding="utf-8")
+    return open(path, "a" if append else "w", encoding="utf-8")
 
 
 def parse_options(argv):
@@ -210,6 +224,8 @@ def parse_options(argv):
     parser.add_argument("--max-input-length", type=int, help="tokens per window (default: the model's MAX_INPUT_LENGTH)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens generated per window (default: MAX_TARGET_LENGTH)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run: the texts already in "
+                        "--output (and in the parts an interrupted torchrun left beside it) are not restored again")
     options = parser.parse_args(argv)
     if not os.path.isdir(options.model) or not os.path.isfile(os.path.join(options.model, "config.json")):
         raise RestoreError(f"--model {options.model}: not a model folder (no config.json); "
@@ -233,6 +249,8 @@ def parse_options(argv):
         check_folder(options.html, "--html")
         if os.path.abspath(options.html) == os.path.abspath(options.output):
             raise RestoreError("--html and --output name the same file; give the review page a name of its own.")
+    if options.resume and options.output == "-":
+        raise RestoreError("--resume needs --output to be a file: standard output keeps no record of what was written.")
     options.keep_fields = list(dict.fromkeys(["id"] + [name.strip() for name in options.keep_fields.split(",")
                                                        if name.strip()]))
     return options
@@ -300,8 +318,10 @@ def save_decoding(restorer, model_folder):
 
 def main(argv=None):
     options = parse_options(argv)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     examples, page = read_documents(options.input, options)
     kind = output_kind(options.output, page)
+    check_split(options, kind, world)
     lexicon = []
     if options.lexicon:
         from domainfocus.masking import PrepareError, read_lexicon
@@ -313,74 +333,161 @@ def main(argv=None):
     for asked, option in ((options.tune_lexicon_bonus, "--tune-lexicon-bonus"), (options.calibrate, "--calibrate")):
         if asked:
             scored(examples, option)  # before the model is loaded: a mistake is told at once
-    handle = output_handle(options.output) if kind == "jsonl" else None
+    done = written_before(options.output, examples) if options.resume else {}
+    if rank == 0 and not options.resume and kind == "jsonl" and options.output != "-":
+        if part_paths(options.output):  # left by an earlier interrupted run that is not continued
+            print(f"Removing the parts an earlier interrupted run left beside {options.output} (to continue "
+                  "that run instead, stop now and add --resume).", file=sys.stderr)
+        remove_parts(options.output)
+        if world > 1:
+            open(options.output, "w").close()
+    if world > 1:
+        join_process_group()
+        barrier()
     from tqdm.auto import tqdm
 
-    restorer = Restorer.load(options.model, options.device, lexicon, num_beams=options.num_beams,
+    device = options.device
+    if device == "auto" and world > 1:
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    restorer = Restorer.load(options.model, device, lexicon, num_beams=options.num_beams,
                              batch_size=options.batch_size, max_input_length=options.max_input_length,
                              max_new_tokens=options.max_new_tokens, lexicon_bonus=options.lexicon_bonus)
     if options.tune_lexicon_bonus:
         tune_lexicon_bonus(restorer, examples, options.model)
     if options.calibrate:
         calibrate(restorer, examples, options.model)
-    counts = {"restored": 0, "left marked": 0, "flagged for review": 0}
-    keep = options.html or kind != "jsonl"  # the page and an OCR file are written at the end, from every result
-    scored_examples, records, done = [], [], 0
+    remaining = [index for index in range(len(examples)) if index not in done]
+    # Batches of the input as one uninterrupted process takes them (a batch is written whole), each
+    # process a run of them: every text is decoded beside the same others, so the output is the same
+    # to the byte however the run was split or resumed.
+    batches = [batch for start in range(0, len(examples), options.batch_size)
+               if (batch := [index for index in range(start, min(start + options.batch_size, len(examples)))
+                             if index not in done])]
+    mine = batches[rank * len(batches) // world:(rank + 1) * len(batches) // world]
+    # One process writing on after what is written streams into --output itself; otherwise each
+    # process writes parts beside it, merged in input order at the end.
+    direct = world == 1 and kind == "jsonl" and remaining == list(range(len(done), len(examples))) and (
+        not done or holds_prefix(options.output, done))
+    if direct:
+        if done:
+            drop_cut_line(options.output)  # a line a kill cut short must not run into the next one
+        writer = DirectWriter(output_handle(options.output, append=bool(done)))
+    else:  # an OCR file is written at the end: one process keeps its records, several write parts
+        writer = PartWriter(options.output) if kind == "jsonl" or world > 1 else PartWriter(None)
+    records = {}  # index -> record, of this run (for the page, the OCR file and the metrics)
     try:
-        with tqdm(total=len(examples), desc="Restoring", unit="text", file=sys.stderr) as progress:
-            for start in range(0, len(examples), options.batch_size):  # written as it goes
-                chunk = examples[start:start + options.batch_size]
-                results = restorer.restore_documents([example.document for example in chunk], options.alternatives,
-                                                     options.review_below)
-                lines = []
-                for example, result in zip(chunk, results):
-                    tally(counts, result)
-                    prediction = result.pop("prediction")
-                    if example.targets is not None:
-                        result.update(prediction=prediction, targets=example.targets)
-                        scored_examples.append((example, result))
-                    record = {**example.kept, **result}
-                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-                    if keep:
-                        records.append(record)
-                if handle is not None:
-                    handle.write("".join(lines))  # whole lines only, so an interrupt never leaves half of one
-                    handle.flush()
-                done += len(chunk)
-                progress.update(len(chunk))
+        with tqdm(total=len(examples), initial=len(done), desc="Restoring", unit="text", file=sys.stderr,
+                  disable=rank != 0) as progress:
+            for chunk in mine:  # written as it goes
+                results = restorer.restore_documents([examples[index].document for index in chunk],
+                                                     options.alternatives, options.review_below)
+                for index, result in zip(chunk, results):
+                    records[index] = record_of(examples[index], result)
+                writer.write([(index, json.dumps(records[index], ensure_ascii=False) + "\n") for index in chunk])
+                progress.update(len(chunk) * world)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        told = [f"{done} of {len(examples)} texts " + (f"written to {options.output} (complete lines)"
-                                                       if handle is not None else "restored")]
-        told += finish(options, page, kind, examples, records[:done] if keep else [])
-        print(f"Interrupted: {'; '.join(told)}; the rest were not restored.", file=sys.stderr)
-        return 130
-    finally:
-        if handle is not None and handle is not sys.stdout:
-            handle.close()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+        writer.close(keep=kind == "jsonl")
+        return interrupted(options, page, kind, examples, done, records, direct or world == 1 and kind != "jsonl",
+                           rank)
+    writer.close()
+    searches_cut = restorer.searches_cut
+    if world > 1:
+        searches_cut = total(searches_cut)
+        if rank != 0:
+            leave_process_group()
+            return 0
+    # The records of every text are held in memory only where needed: for the page, the OCR file and
+    # the metrics; for a plain archive they are counted as they are read back.
+    needed = options.html or kind != "jsonl" or any(example.targets is not None for example in examples)
+    every = None
     try:
-        finish(options, page, kind, examples, records)
+        if kind != "jsonl":  # the OCR file, from this process's records or every process's parts
+            every = [records[index] for index in range(len(examples))] if world == 1 else gathered(options.output)
+        elif options.output == "-":
+            every = [records[index] for index in range(len(examples))]
+        else:
+            if not direct:
+                merge(options.output, examples)
+            every = list(read_records(options.output)) if needed else None
+        finish(options, page, kind, examples, every or [])
     except KeyboardInterrupt:  # the restoring is done; only a file being swapped in can be cut short
         print(f"Interrupted while writing {options.html or options.output}: that file was left as it was "
               "(every file is written whole or not at all).", file=sys.stderr)
         return 130
+    finally:
+        if world > 1:
+            leave_process_group()
+    counts = {"restored": 0, "left marked": 0, "flagged for review": 0}
+    for record in every if every is not None else read_records(options.output):
+        tally(counts, record)
     print(f"Restored {len(examples)} texts -> {options.output}: {counts['restored']} spans restored, "
           f"{counts['left marked']} left marked, {counts['flagged for review']} flagged for review."
           + (f" Review page: {options.html}" if options.html else ""), file=sys.stderr)
-    if restorer.searches_cut:
-        print(f"{restorer.searches_cut} spans reached the lexicon search's limit: their restoration is the best "
+    if searches_cut:
+        print(f"{searches_cut} spans reached the lexicon search's limit: their restoration is the best "
               "candidate found, not proven the best of the lexicon.", file=sys.stderr)
-    if scored_examples:
-        documents = [example.document for example, _ in scored_examples]
-        results = [result for _, result in scored_examples]
-        targets = [example.targets for example, _ in scored_examples]
-        metrics = restoration_metrics([result["prediction"] for result in results], targets)
-        metrics["calibration_error"] = calibration_error(shown_pairs(documents, results, targets))
-        if options.calibrate:  # the calibration was fitted on these very spans: say so where the figure is
-            metrics["calibration_fitted_on_these"] = True
-        print(json.dumps({"examples": len(targets), **{k: v if isinstance(v, bool) else round(v, 4)
-                                                       for k, v in metrics.items()}}))
+    if every is not None:
+        print_metrics(options, examples, every)
     return 0
+
+
+def check_split(options, kind, world):
+    """One-line refusals of what a split run or --resume cannot do."""
+    if world > 1 and options.output == "-":
+        raise RestoreError("under torchrun --output must be a file: each process writes its part beside it.")
+    if world > 1 and (options.tune_lexicon_bonus or options.calibrate):
+        raise RestoreError("--tune-lexicon-bonus and --calibrate save one choice with the model: run them in one "
+                           "process, not under torchrun.")
+    if options.resume and kind != "jsonl":
+        raise RestoreError(f"--resume continues a .jsonl output; {kind.upper()} is written whole at the end: "
+                           "run it again without --resume.")
+
+
+def record_of(example, result):
+    """The output line's object: kept fields, the result, and with targets the prediction and targets."""
+    prediction = result.pop("prediction")
+    if example.targets is not None:
+        result.update(prediction=prediction, targets=example.targets)
+    return {**example.kept, **result}
+
+
+def interrupted(options, page, kind, examples, done, records, direct, rank):
+    """After Ctrl+C or SIGTERM: say how far the run got (complete lines only were written) and how to go on."""
+    if rank != 0:
+        return 130
+    if direct:  # one process writing in order: what it restored is a prefix of the input
+        count = len(done) + len(records)
+        told = [f"{count} of {len(examples)} texts " + (f"written to {options.output} (complete lines)"
+                                                        if kind == "jsonl" else "restored")]
+        ordered = [records[index] for index in sorted(records)]
+        told += finish(options, page, kind, examples, ordered if options.html else [])
+    else:
+        count = len(written_before(options.output, examples)) if kind == "jsonl" else len(records)
+        told = [f"{count} of {len(examples)} texts written to {options.output} and the parts beside it "
+                "(complete lines)" if kind == "jsonl" else f"{len(records)} of {len(examples)} texts restored"]
+    again = "; run again with --resume to continue" if kind == "jsonl" and options.output != "-" else ""
+    print(f"Interrupted: {'; '.join(told)}; the rest were not restored{again}.", file=sys.stderr)
+    return 130
+
+
+def print_metrics(options, examples, records):
+    """With targets, the restoration metrics over every text of the input (this run's and earlier ones')."""
+    found = [(example, record) for example, record in zip(examples, records) if example.targets is not None]
+    if not found:
+        return
+    documents = [example.document for example, _ in found]
+    results = [record for _, record in found]
+    targets = [example.targets for example, _ in found]
+    metrics = restoration_metrics([result["prediction"] for result in results], targets)
+    metrics["calibration_error"] = calibration_error(shown_pairs(documents, results, targets))
+    if options.calibrate:  # the calibration was fitted on these very spans: say so where the figure is
+        metrics["calibration_fitted_on_these"] = True
+    print(json.dumps({"examples": len(targets), **{k: v if isinstance(v, bool) else round(v, 4)
+                                                   for k, v in metrics.items()}}))
 
 
 def finish(options, page, kind, examples, records):
@@ -414,13 +521,19 @@ def tally(counts, result):
     counts["flagged for review"] += result.get("review", False)  # a text-to-text rewrite cut short
 
 
+def stop(number, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     # Python leaves SIGINT ignored when it starts ignored (a background job of a shell script, for
-    # one): Ctrl+C or `kill -INT` must still stop restoring with complete lines, as promised.
+    # one): Ctrl+C or `kill -INT` must still stop restoring with complete lines, as promised. SIGTERM
+    # (a scheduler's, or torchrun's to its workers) stops it the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
     try:
         sys.exit(main())
-    except RestoreError as error:
+    except (RestoreError, ArchiveError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # before the first text was written

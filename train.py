@@ -65,6 +65,7 @@ PRECISION = "auto"  # "auto" (bf16 where the GPU supports it, else fp32), "bf16"
 GRADIENT_CHECKPOINTING = True  # on GPU: about 20% more compute for far less activation memory
 DATALOADER_WORKERS = 0  # background processes preparing batches; 0 = in the training process
 TORCH_COMPILE = False  # True: torch.compile the model; the first steps compile for minutes (see README, bench.py --only knobs)
+FSDP = ""  # several GPUs or machines: "full_shard", "shard_grad_op" or "hybrid_shard" shard the model (FSDP2, see README); "" = a copy per process
 # --- output ----------------------------------------------------------------------------------
 OUTPUT_DIR = "runs/domainfocus"  # checkpoints, best/, latest/, metrics.jsonl, train.log
 RESUME = "auto"  # "auto" = newest complete checkpoint in OUTPUT_DIR; a checkpoint path; None = fresh
@@ -101,7 +102,7 @@ import time
 # have passed and a run or a plan starts: a typo in the constants is answered in a tenth of a second.
 from domainfocus.checkpoints import (SaveFailed, base_facts, clear_previous_run, data_facts, evaluation_facts,
                                      find_checkpoint, nothing_left_to_train, recover_interrupted_saves,
-                                     save_atomically, write_json_atomically, write_text)
+                                     save_atomically, sharding_problem, write_json_atomically, write_text)
 from domainfocus.console import setup_logging
 from domainfocus.curves import plot_run
 from domainfocus.data import (DataError, MaskedExamples, MaskingCollator, check_data, first_examples, load_data,
@@ -158,6 +159,11 @@ def main(argv):
     check_config(config)
     check_data(config)
     checkpoint, skipped = find_checkpoint(config["OUTPUT_DIR"], config["RESUME"], config["OVERWRITE_OUTPUT_DIR"])
+    problem = checkpoint and sharding_problem(checkpoint, config["FSDP"], int(os.environ.get("WORLD_SIZE", "1")))
+    if problem:
+        raise ConfigError(f"{checkpoint} cannot be resumed with FSDP={config['FSDP']!r} in "
+                          f"{os.environ.get('WORLD_SIZE', '1')} process(es): {problem}; or start afresh in another "
+                          "OUTPUT_DIR.")
     problem = checkpoint and lora_problem(checkpoint, config["LORA_RANK"], config["LORA_ALPHA"], lora_targets(config))
     if problem:
         raise ConfigError(f"{checkpoint} cannot be resumed with LORA_RANK={config['LORA_RANK']}: {problem}; or start "
@@ -204,16 +210,17 @@ def check_plan(config, checkpoint):
                                   config["INPUT_COLUMN"], config["TARGET_COLUMN"], config["SEED"], weights=False)
     with tempfile.TemporaryDirectory() as folder:  # a raw run's validation set: nothing is written to OUTPUT_DIR
         _, counts, _ = load_data(config, tokenizer, folder, sample=50_000)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun sets it; plan for N GPUs with WORLD_SIZE=N
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     plan = schedule(counts["train"]["examples"], config, world_size)
     half = config["PRECISION"] != "fp32"
     print(plan_text(config, counts, plan, planned_state(model, config, half), checkpoint, world_size))
     masking = masking_record(config, counts["train"])
     print(masking_text(masking))
     longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
-    print("\n".join(memory_plan(model, config, half, longest)[0]))
+    print("\n".join(memory_plan(model, config, half, longest, world_size, local_size)[0]))
     print("Ready: run the same command without --check to train.")
-    record = plan_record(model, config, half, longest, world_size)
+    record = plan_record(model, config, half, longest, world_size, local_size)
     record.update(masking, duplicates_removed=counts["train"].get("duplicates"),
                   valid_in_training=counts["validation"]["in_training"],
                   valid_near_training=counts["validation"]["near_training"])
@@ -300,6 +307,8 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
     Decoding(num_beams=config["NUM_BEAMS"], max_input_length=config["MAX_INPUT_LENGTH"],
              max_new_tokens=config["MAX_TARGET_LENGTH"], whole_tokens=train["longest_input"],
              window_tokens=math.ceil(train["input_tokens"] / max(train["examples"], 1)), **calibration).save_to(model)
+    if config["FSDP"]:
+        model = shard(model, config["FSDP"], args, precision_flags)
     if lora:
         model = attach_lora(model, config["LORA_RANK"], config["LORA_ALPHA"], config["LORA_DROPOUT"],
                             lora_targets(config), bf16=precision_flags["bf16"])
@@ -308,6 +317,24 @@ def load_model_and_data(config, checkpoint, args, precision_flags):
             raise ConfigError(f"{checkpoint} cannot be resumed with LORA_TARGET_MODULES="
                               f"{config['LORA_TARGET_MODULES']!r}: {problem}; or start afresh in another OUTPUT_DIR.")
     return tokenizer, model, datasets_by_split, counts, valid_file
+
+
+def shard(model, strategy, args, precision_flags):
+    """FSDP: the model sharded over the processes torchrun or accelerate started (domainfocus/sharding.py)."""
+    from domainfocus.sharding import shard_group_size, shard_model
+
+    if args.world_size <= 1:
+        logger.warning("FSDP=%r but this is a single process: nothing to shard the model with, so it trains whole. "
+                       "Start several processes with torchrun or accelerate launch (see README).", strategy)
+        return model
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    if strategy == "hybrid_shard" and args.world_size % local:
+        raise ConfigError(f"FSDP='hybrid_shard' shards within each machine, but {args.world_size} processes do not "
+                          f"divide into machines of {local}: start the same number on every machine.")
+    group = shard_group_size(strategy, args.world_size, local)
+    logger.info("FSDP=%r: each of %d processes holds 1/%d of the weights, gradients and optimizer state.", strategy,
+                args.world_size, group)
+    return shard_model(model, strategy, precision_flags["bf16"], args.device.type)
 
 
 def build_trainer(config, args, tokenizer, model, datasets_by_split, counts, valid_file, interrupt, evaluation):
@@ -394,11 +421,13 @@ def finish(config, trainer, save_model, early_stopping, checkpoint, interrupt, s
     args, output_dir, guard = trainer.args, config["OUTPUT_DIR"], trainer.guard
     # After NaN/inf the weights still hold the last good update (bad ones were skipped); only
     # those are worth a latest/, and best/ stays as it is.
-    good_weights = not guard.stop_reason or (
-        (guard.last_good_step or checkpoint) and all(torch.isfinite(p).all() for p in trainer.model.parameters()))
+    # (Sharded, each process checks its own shard and they agree; then all of them gather the weights.)
+    good_weights = not guard.stop_reason or bool((guard.last_good_step or checkpoint) and not agree(args, not all(
+        torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in trainer.model.parameters())))
+    weights = save_model.gather() if good_weights else None
     saved_latest = bool(args.should_save and good_weights)
     if saved_latest:
-        save_atomically(save_model, os.path.join(output_dir, "latest"))
+        save_atomically(lambda folder: save_model(folder, weights), os.path.join(output_dir, "latest"))
     if args.should_save and os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
         plot_run(output_dir, config["EARLY_STOPPING_START_STEP"], args.metric_for_best_model)
     start_step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint and re.search(r"-\d+$", checkpoint) else 0

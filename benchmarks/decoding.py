@@ -79,6 +79,7 @@ def bench_restore(options, folder, examples=300, threshold=0.5):
     print_table(["decoding", f"spans ≥ {threshold}", "their accuracy", f"spans < {threshold}", "their accuracy"],
                 [confidence_row(name, spans, wanted, threshold) for name, spans in spans_by_row.items()])
     whole_lines(model, tokenizer, saved, validation, spans_by_row["length-aware, 4 beams"], wanted)
+    archive_speed(model_folder, model, tokenizer, saved, validation, large, folder)
 
 
 def confidence_row(name, spans, wanted, threshold):
@@ -129,3 +130,57 @@ def whole_lines(model, tokenizer, saved, validation, separate, wanted):
           f"{sum(normalize(span['text']) == want for span, want in zip(separate, wanted)) / len(wanted):.3f} one "
           f"example at a time; {sum(span['confidence'] is None for span in joined)} of {len(joined)} left marked; "
           f"every restored span of exactly its length: {exact_lengths}.")
+
+
+def archive_speed(model_folder, model, tokenizer, saved, validation, lexicon, folder):
+    """Documents and spans per second for an archive, side by side in one run: plain model.generate
+    with 4 beams (free text, no lengths: the baseline), greedy and 4-beam length-aware restoration,
+    the same with the 20,000-term lexicon, and restore.py on the same examples in one process and
+    split over two under torchrun (wall time of the whole command, start-up included)."""
+    import json
+
+    from domainfocus.damage import from_sentinels, target_lengths
+    from domainfocus.restoration import Decoding, Restorer
+
+    documents = [from_sentinels(inputs, target_lengths(target)) for inputs, target in validation]
+    spans = sum(len(document.spans) for document in documents)
+    rows, seconds = [], {}
+
+    def timed(name, run):
+        started = time.perf_counter()
+        run()
+        seconds[name] = time.perf_counter() - started
+
+    def generate_plainly():
+        for start in range(0, len(validation), saved.batch_size):
+            batch = tokenizer([inputs for inputs, _ in validation[start:start + saved.batch_size]],
+                              return_tensors="pt", padding=True)
+            model.generate(**batch, num_beams=4, max_new_tokens=saved.max_new_tokens, do_sample=False)
+
+    timed("plain model.generate, 4 beams (no lengths, no spans)", generate_plainly)
+    for name, beams, terms in (("greedy, length-aware", 1, ()), ("4 beams, length-aware", 4, ()),
+                               ("4 beams, length-aware + lexicon of 20,000 terms", 4, lexicon)):
+        restorer = Restorer(model, tokenizer, Decoding(num_beams=beams, max_input_length=saved.max_input_length,
+                                                       max_new_tokens=saved.max_new_tokens), terms)
+        timed(name, lambda: restorer.restore_documents(documents, alternatives=3))
+        if terms:
+            searches_cut = restorer.searches_cut
+    source = os.path.join(folder, "archive.jsonl")
+    with open(source, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"inputs": inputs}, ensure_ascii=False) + "\n" for inputs, _ in validation)
+    command = [os.path.join(HERE, "restore.py"), "--model", model_folder, "--input", source, "--num-beams", "4"]
+    for name, launcher in (("restore.py, 4 beams, one process (with start-up)", [sys.executable]),
+                           ("restore.py, 4 beams, 2 processes under torchrun (with start-up)",
+                            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29591"])):
+        output = os.path.join(folder, f"archive-{len(seconds)}.jsonl")
+        timed(name, lambda: subprocess.run(launcher + command + ["--output", output], check=True, cwd=HERE,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    reference = seconds["4 beams, length-aware"]
+    for name, value in seconds.items():
+        rows.append((name, f"{len(documents) / value:.1f}", f"{spans / value:.0f}", f"×{value / reference:.2f}"))
+    print(f"\nAn archive's speed: the same {len(documents)} validation examples ({spans} spans), documents and "
+          f"spans per second, time against 4-beam length-aware restoration:\n")
+    print_table(["setting", "documents/s", "spans/s", "time"], rows)
+    print(f"\nThe lexicon's choice is exact where its search stays under the safety limit: {searches_cut} of {spans} "
+          "spans reached it.")

@@ -1,11 +1,14 @@
 """GPU memory of the mT5 sizes, planned from their published configs (no download): each optimizer
-in full fine-tuning, the batch shapes that fit 6 GB, and LoRA's plan."""
+in full fine-tuning, the batch shapes that fit 6 GB, LoRA's plan, and the larger sizes sharded
+with FSDP over several GPUs."""
 
 from benchmarks.common import print_table
 
 # The published configs of Google's mT5 checkpoints (vocabulary 250,112, d_kv 64, gated GELU,
 # LM head not tied to the embedding): (d_model, d_ff, layers per stack, heads).
 MT5_CONFIGS = {"mt5-small": (512, 1024, 8, 6), "mt5-base": (768, 2048, 12, 12), "mt5-large": (1024, 2816, 24, 16)}
+LARGE_MT5_CONFIGS = {"mt5-large": MT5_CONFIGS["mt5-large"], "mt5-xl": (2048, 5120, 24, 32),
+                     "mt5-xxl": (4096, 10240, 24, 64)}
 
 
 def mt5_shapes(d_model, d_ff, layers, heads, vocab_size=250112):
@@ -24,6 +27,7 @@ def bench_memory(options, folder):
     print()
     full_memory(options.train.default_config())
     lora_memory(options.train.default_config())
+    sharded_memory(options.train.default_config())
 
 
 def full_memory(defaults):
@@ -64,7 +68,7 @@ def lora_memory(defaults):
     state, activations; for the settings train.py would run with (bf16, gradient checkpointing)."""
     from domainfocus.memory import gigabytes, gpu_memory
 
-    configs = {**MT5_CONFIGS, "mt5-xl": (2048, 5120, 24, 32)}
+    configs = {**MT5_CONFIGS, **LARGE_MT5_CONFIGS}
     rows = []
     for name in ("mt5-base", "mt5-large", "mt5-xl"):
         model = mt5_shapes(*configs[name])
@@ -79,3 +83,25 @@ def lora_memory(defaults):
     print()
     print_table(["model", "LoRA", "batch", "longest input / target tokens", "trained parameters", "planned total",
                  "fits 6 GB"], rows)
+
+
+def sharded_memory(defaults, gpus=(1, 2, 4, 8), sizes=(24, 40, 80)):
+    """Per-GPU plan of mt5-large, -xl and -xxl with FSDP='full_shard' over 1 to 8 GPUs: the training step
+    (bf16, AdamW, gradient checkpointing, batch 4 of 512 / 256 tokens), and the evaluation that
+    restores GEN_EVAL_SAMPLES on full weights; the GPU sizes each fits. Planned, not measured."""
+    from domainfocus.memory import evaluation_memory, gigabytes, gpu_memory
+
+    config = {**defaults, "FSDP": "full_shard", "OPTIMIZER": "adamw_torch", "GRADIENT_CHECKPOINTING": True}
+    rows = []
+    for name, shape in LARGE_MT5_CONFIGS.items():
+        model = mt5_shapes(*shape)
+        count = sum(parameter.numel() for parameter in model.parameters())
+        for number in gpus:
+            step = gpu_memory(model, config, True, None, number)[1]
+            evaluation = evaluation_memory(model, config, True, number) or 0
+            peak = max(step, evaluation)
+            fits = [f"{size} GB" for size in sizes if peak <= size * 2 ** 30]
+            rows.append((f"{name} ({count / 1e9:.2f} B)", number, gigabytes(step),
+                         gigabytes(evaluation) if evaluation else "-", ", ".join(fits) or "none"))
+    print()
+    print_table(["model", "GPUs", "training step per GPU", "evaluation per GPU", "fits (planned)"], rows)

@@ -15,6 +15,7 @@ import shutil
 
 from domainfocus.data import file_fingerprint, masking_mode
 from domainfocus.settings import ConfigError
+from domainfocus.sharding import SHARDED_FOLDER
 
 logger = logging.getLogger("domainfocus")
 
@@ -120,7 +121,15 @@ def checkpoint_problem(path):
     weights = [name for name in os.listdir(path) if name.endswith(".safetensors")]
     if not weights:
         return "no model weights (*.safetensors)"
-    for name in weights + ["optimizer.pt", "scheduler.pt"]:
+    # A sharded run (FSDP) keeps the optimizer state with each process's shard of the weights in
+    # sharded/; its index, .metadata, is written last, once every process has written its shard.
+    if os.path.isdir(os.path.join(path, SHARDED_FOLDER)):
+        if not os.path.isfile(os.path.join(path, SHARDED_FOLDER, ".metadata")):
+            return "incomplete, interrupted while saving its shards (no sharded/.metadata)"
+        state = ["scheduler.pt"]
+    else:
+        state = ["optimizer.pt", "scheduler.pt"]
+    for name in weights + state:
         try:
             if name.endswith(".safetensors"):
                 with safe_open(os.path.join(path, name), "numpy"):
@@ -129,6 +138,19 @@ def checkpoint_problem(path):
                 zipfile.ZipFile(os.path.join(path, name)).close()
         except Exception:  # safetensors and zipfile raise several types for a damaged file
             return f"{name} is missing or damaged"
+    return None
+
+
+def sharding_problem(checkpoint, fsdp, processes):
+    """Why a run with FSDP=`fsdp` in `processes` processes cannot resume `checkpoint`, or None. A
+    sharded checkpoint keeps its optimizer state in shards only a sharded run reads back; an
+    unsharded one keeps it whole, which this tool does not shard on resume."""
+    saved_sharded = os.path.isdir(os.path.join(checkpoint, SHARDED_FOLDER))
+    sharding = bool(fsdp) and processes > 1
+    if saved_sharded and not sharding:
+        return "it was saved sharded (FSDP over several processes), so resume it under torchrun with FSDP set"
+    if sharding and not saved_sharded:
+        return "it was saved unsharded, so resume it with FSDP='' (the optimizer state is not sharded on resume)"
     return None
 
 

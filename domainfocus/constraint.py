@@ -16,6 +16,7 @@ from domainfocus.spans import MAX_SENTINELS, SENTINEL, sentinel
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 EXCLUDED, BLANK = -1, 0  # what TokenTable.characters holds for a token never in a span, and for "▁"
+READINGS_KEPT = 200_000  # partial spans whose Reading is cached (a few hundred bytes each)
 
 
 class TokenTable:
@@ -67,6 +68,7 @@ class TokenTable:
         self.starts = sorted((text, token) for token, text in enumerate(self.texts) if text and not text[0].isspace())
         self.continuations = {}  # an image's start -> (token ids, the fewest characters each adds)
         self.completions = {}  # (image, characters written) -> whether tokens can write the rest
+        self.readings = {}  # a span's tokens so far -> lengths.Reading, shared by every batch decoded
 
     def to(self, device):
         for name in ("characters", "lowest", "lowest_touched", "kinds", "sentinel_ids", "sentinel_number"):
@@ -156,12 +158,14 @@ class SpanConstraint:
         self.lengths = torch.tensor([[-1 if length is None else length for length in row] + [-1] * (longest - len(row))
                                      for row in lengths], dtype=torch.long, device=table.characters.device)
         self.span_counts = torch.tensor([len(row) for row in lengths], device=table.characters.device)
-        self.readings = {}
 
     def reading(self, tokens):
-        if tokens not in self.readings:
-            self.readings[tokens] = read(self.table.text(tokens))
-        return self.readings[tokens]
+        readings = self.table.readings  # kept across batches: the same words begin spans again and again
+        if tokens not in readings:
+            if len(readings) >= READINGS_KEPT:
+                readings.clear()
+            readings[tokens] = read(self.table.text(tokens))
+        return readings[tokens]
 
     def __call__(self, input_ids, scores):
         import torch

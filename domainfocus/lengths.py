@@ -171,10 +171,21 @@ def lowest_followed(text, kind):
     return min(reachable_counts(text + placeholder)) - len(placeholder)
 
 
+@functools.cache
+def image_characters():
+    """Every character some image holds: a text without any of them can never fold."""
+    return frozenset("".join(foldable()))
+
+
 def read(text):
     """The Reading of `text` (generated, NFKC); whitespace counts nothing and no image crosses it;
     UNKNOWN marks an <unk>. Counted after NFC composition, as source_length counts (`e` + `◌́` is one)."""
     text = unicodedata.normalize("NFC", text)
+    if UNKNOWN not in text and image_characters().isdisjoint(text):
+        # Most spans (CJK words): nothing can fold, so every reading is the plain count. The decoding
+        # constraint reads every partial span at every step; the general walk below was its bottleneck.
+        count = sum(not character.isspace() for character in text)
+        return Reading(frozenset({count}), False, (count,) * len(KINDS), (), KINDS.index(kind(text[-1])) if text else 0)
     pending = tuple((text[start:], lowest_followed(text[:start], kind(text[start])))
                     for start in range(max(len(text) - 6, 0), len(text))
                     if begins_image(text[start:], text[start - 1] if start else None))

@@ -4,8 +4,10 @@ and bench.py use it; the plan printed before training suggests changes that fit.
 
 import logging
 import math
+import os
 
 from domainfocus.settings import lora_targets
+from domainfocus.sharding import shard_group_size
 
 logger = logging.getLogger("domainfocus")
 
@@ -99,38 +101,76 @@ def activation_bytes(model_config, batch, source, target, half, checkpointing):
 CUDA_CONTEXT = int(0.8 * 2 ** 30)  # the CUDA context and allocator reserve: several hundred MB to over 1 GB
 
 
-def gpu_memory(model, config, half=True, lengths=None):
+def gpu_memory(model, config, half=True, lengths=None, processes=1, local_processes=None):
     """{part: bytes} for one training step on a GPU with these settings, and the total.
 
     `lengths` = (longest input, longest target) in the data; batches are padded only to their own
-    longest example, so the peak comes from the longest ones, never beyond the limits."""
+    longest example, so the peak comes from the longest ones, never beyond the limits.
+    `processes` (and `local_processes`, those on one machine): with FSDP, each GPU of the run."""
     source, target = lengths or (config["MAX_INPUT_LENGTH"], config["MAX_TARGET_LENGTH"])
     source, target = min(source, config["MAX_INPUT_LENGTH"]), min(target, config["MAX_TARGET_LENGTH"])
     parts = dict(planned_state(model, config, half))
     parts.pop("total")
+    group = shard_group_size(config.get("FSDP", ""), processes, local_processes or processes)
+    if group > 1:
+        parts = {name: math.ceil(size / group) for name, size in parts.items()}
+        parts["gathered weights"] = gathered_bytes(model, config["FSDP"], half)
     parts["activations"] = activation_bytes(model.config, config["PER_DEVICE_BATCH_SIZE"], source, target, half,
                                             config["GRADIENT_CHECKPOINTING"])
     parts["CUDA context"] = CUDA_CONTEXT
     return parts, sum(parts.values())
 
 
-def memory_plan(model, config, half=True, lengths=None):
+def gathered_bytes(model, strategy, half):
+    """FSDP: the full weights (and their unreduced gradients) a GPU holds at once besides its shard.
+    The root unit (embeddings, LM head, final norms) stays gathered for the whole step, and with
+    full_shard two T5Blocks at a time (the one running and the next, fetched ahead); with
+    shard_grad_op every block stays gathered from its forward to its backward."""
+    size = 2 if half else 4  # weights are gathered in the compute precision
+    blocks = [sum(parameter.numel() for parameter in block.parameters())
+              for stack in (model.get_encoder(), model.get_decoder()) for block in stack.block]
+    root = sum(parameter.numel() for parameter in model.parameters()) - sum(blocks)
+    held = sum(blocks) if strategy == "shard_grad_op" else 2 * max(blocks)
+    return size * (root + held) + size * (root + 2 * max(blocks))  # weights, then gradients before reduce-scatter
+
+
+def evaluation_memory(model, config, half, processes=1, local_processes=None):
+    """FSDP with GEN_EVAL_SAMPLES: bytes a GPU holds while evaluation restores examples on full weights
+    (its shard of the weights and optimizer state, the full weights in compute precision, the
+    context); None when that does not apply."""
+    group = shard_group_size(config.get("FSDP", ""), processes, local_processes or processes)
+    if group <= 1 or not config["GEN_EVAL_SAMPLES"]:
+        return None
+    state = planned_state(model, config, half)
+    full = (2 if half else 4) * sum(parameter.numel() for parameter in model.parameters())
+    return math.ceil((state["weights"] + state["optimizer state"]) / group) + full + CUDA_CONTEXT
+
+
+def memory_plan(model, config, half=True, lengths=None, processes=1, local_processes=None):
     """(lines, fits): the GPU memory estimate against GPU_MEMORY_GB and, when it does not fit, the
-    single changes that would make it fit."""
+    single changes that would make it fit. With FSDP over several `processes`, per GPU."""
     budget = config["GPU_MEMORY_GB"] * 2 ** 30
-    parts, total = gpu_memory(model, config, half, lengths)
+    parts, total = gpu_memory(model, config, half, lengths, processes, local_processes)
     toggled = gpu_memory(model, {**config, "GRADIENT_CHECKPOINTING": not config["GRADIENT_CHECKPOINTING"]}, half,
-                         lengths)[0]
+                         lengths, processes, local_processes)[0]
     without = toggled["activations"]
     longest = "" if lengths is None else f" for batches of the longest examples ({lengths[0]} / {lengths[1]} tokens)"
-    lines = [f"GPU memory estimate{longest}: {gigabytes(total)} of GPU_MEMORY_GB={config['GPU_MEMORY_GB']:g} "
-             f"({', '.join(f'{name} {gigabytes(size)}' for name, size in parts.items())}; activations "
-             f"{'without' if config['GRADIENT_CHECKPOINTING'] else 'with'} gradient checkpointing would be "
-             f"{gigabytes(without)})"]
+    group = shard_group_size(config.get("FSDP", ""), processes, local_processes or processes)
+    sharded = f", per GPU with FSDP={config['FSDP']!r} sharded over {group}" if group > 1 else ""
+    lines = [f"GPU memory estimate{longest}{sharded}: {gigabytes(total)} of GPU_MEMORY_GB="
+             f"{config['GPU_MEMORY_GB']:g} ({', '.join(f'{name} {gigabytes(size)}' for name, size in parts.items())}; "
+             f"activations {'without' if config['GRADIENT_CHECKPOINTING'] else 'with'} gradient checkpointing would "
+             f"be {gigabytes(without)})"]
+    evaluation = evaluation_memory(model, config, half, processes, local_processes)
+    if evaluation is not None:
+        lines[0] += (f"; evaluation restores on full weights: {gigabytes(evaluation)}"
+                     + ("" if evaluation <= budget else " (does not fit: set GEN_EVAL_SAMPLES=0 and METRIC_FOR_BEST_MODEL="
+                        "'eval_loss', or use more memory per GPU)"))
+        total = max(total, evaluation)
     if total <= budget:
         return lines, True
     batch, accumulation = config["PER_DEVICE_BATCH_SIZE"], config["GRADIENT_ACCUMULATION_STEPS"]
-    changes = [{"GRADIENT_CHECKPOINTING": True}, {"OPTIMIZER": "adafactor"},
+    changes = [{"GRADIENT_CHECKPOINTING": True}, {"OPTIMIZER": "adamw_torch" if config.get("FSDP") else "adafactor"},
                {"PER_DEVICE_BATCH_SIZE": max(batch // 2, 1), "GRADIENT_ACCUMULATION_STEPS": accumulation * 2},
                {"PER_DEVICE_BATCH_SIZE": 1, "GRADIENT_ACCUMULATION_STEPS": batch * accumulation},
                {"MAX_INPUT_LENGTH": config["MAX_INPUT_LENGTH"] // 2, "MAX_TARGET_LENGTH": config["MAX_TARGET_LENGTH"] // 2}]
@@ -138,7 +178,7 @@ def memory_plan(model, config, half=True, lengths=None):
     for change in changes:
         if any(config[name] == value for name, value in change.items()):
             continue
-        changed_total = gpu_memory(model, {**config, **change}, half, lengths)[1]
+        changed_total = gpu_memory(model, {**config, **change}, half, lengths, processes, local_processes)[1]
         if changed_total <= budget:
             fitting.append(" ".join(f"--{name}={value}" for name, value in change.items())
                            + f" ({gigabytes(changed_total)})")
@@ -154,7 +194,9 @@ def gigabytes(count):
 
 def report_memory(model, config, counts, precision_flags):
     longest = (counts["train"]["longest_input"], counts["train"]["longest_target"])
-    lines, fits = memory_plan(model, config, precision_flags["bf16"] or precision_flags["fp16"], longest)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun or accelerate launch
+    lines, fits = memory_plan(model, config, precision_flags["bf16"] or precision_flags["fp16"], longest, world,
+                              int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     logger.info(lines[0])
     if not fits:
         logger.warning(lines[1])

@@ -159,16 +159,20 @@ def model_shapes(config, untied_head):
 
 def model_saver(model, tokenizer):
     """best/ and latest/ hold only what from_pretrained needs: safetensors weights, config, tokenizer.
-    With LoRA the weights are the merged full model, and the adapter alone goes to adapter/."""
+    With LoRA the weights are the merged full model, and the adapter alone goes to adapter/.
+    `save(folder, weights)`: `weights` is what `save.gather()` returned, called by every process
+    first (a sharded model's full weights are gathered onto the main process; None otherwise)."""
+    from domainfocus.sharding import full_state_dict, is_sharded
 
-    def save(folder):
+    def save(folder, weights=None):
         if hasattr(model, "peft_config"):  # a peft model; checked without importing peft
             merged_model(model).save_pretrained(folder)
             model.save_pretrained(os.path.join(folder, "adapter"))
         else:
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
 
+    save.gather = lambda: full_state_dict(model) if is_sharded(model) else None
     return save
 
 

@@ -18,20 +18,24 @@ import sys
 
 from domainfocus.console import format_duration
 from domainfocus.data import masking_mode
-from domainfocus.memory import gigabytes, gpu_memory
+from domainfocus.memory import evaluation_memory, gigabytes, gpu_memory
+from domainfocus.sharding import shard_group_size
 
 logger = logging.getLogger("domainfocus")
 
 
-def plan_record(model, config, half, lengths, world_size):
-    """The memory plan as one JSON-ready object (the last line of --check), in bytes."""
-    parts, total = gpu_memory(model, config, half, lengths)
+def plan_record(model, config, half, lengths, world_size, local_size=None):
+    """The memory plan as one JSON-ready object (the last line of --check), in bytes, per GPU."""
+    parts, total = gpu_memory(model, config, half, lengths, world_size, local_size)
+    evaluation = evaluation_memory(model, config, half, world_size, local_size)
     budget = int(config["GPU_MEMORY_GB"] * 2 ** 30)
     return {"parameters": sum(parameter.numel() for parameter in model.parameters()),
+            "processes": world_size, "shard_group": shard_group_size(config["FSDP"], world_size, local_size or world_size),
             "weights_bytes": parts["weights"], "gradients_bytes": parts["gradients"],
-            "optimizer_state_bytes": parts["optimizer state"], "activations_bytes": parts["activations"],
-            "cuda_context_bytes": parts["CUDA context"], "total_bytes": total, "gpu_memory_bytes": budget,
-            "fits": total <= budget,
+            "optimizer_state_bytes": parts["optimizer state"], "gathered_weights_bytes": parts.get("gathered weights", 0),
+            "activations_bytes": parts["activations"], "cuda_context_bytes": parts["CUDA context"],
+            "total_bytes": total, "evaluation_bytes": evaluation, "gpu_memory_bytes": budget,
+            "fits": max(total, evaluation or 0) <= budget,
             "effective_batch_size": config["PER_DEVICE_BATCH_SIZE"] * config["GRADIENT_ACCUMULATION_STEPS"] * world_size}
 
 

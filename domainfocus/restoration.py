@@ -49,7 +49,7 @@ from domainfocus.lengths import (
     source_length,
 )
 from domainfocus.spans import SPECIAL_TOKENS, build_targets, sentinel
-from domainfocus.windows import Cutter, cut_windows, plain_pieces
+from domainfocus.windows import Cutter, cut_windows, plain_pieces, span_target_tokens
 
 REVIEW_MARKS = ("⟦", "⟧")  # around a restoration flagged for review in `restored`
 LEXICON_NODES_PER_SPAN = 4096  # safety valve of the exact lexicon search; a span that reaches it is counted
@@ -117,6 +117,14 @@ class TermNode:
         self.terms = []
 
 
+def single_child_chain(node):
+    """[(token, node)] from `node` (its token None) down through nodes with exactly one child."""
+    chain = [(None, node)]
+    while len(chain[-1][1].children) == 1:
+        chain.append(next(iter(chain[-1][1].children.items())))
+    return chain
+
+
 class Restorer:
     """A model, its tokenizer, its decoding settings and an optional lexicon: load once, restore many."""
 
@@ -179,7 +187,10 @@ class Restorer:
         model.eval()
         try:
             with torch.inference_mode():
-                order = sorted(range(len(windows)), key=lambda index: len(windows[index].text))
+                # Beam search steps until the longest output of its batch ends: windows that write about
+                # as much go together (then by input size), so that few rows decode on idly.
+                order = sorted(range(len(windows)), key=lambda index: (self.planned_tokens(windows[index]),
+                                                                       len(windows[index].text)))
                 for start in range(0, len(order), decoding.batch_size):
                     batch = [windows[index] for index in order[start:start + decoding.batch_size]]
                     chosen.update(self.restore_windows(batch, alternatives, device))
@@ -258,6 +269,10 @@ class Restorer:
                     self.overruled[id(span)] = likeliest
                 results[id(span)] = (ranked[0] if ranked else None, ranked[1:1 + alternatives])
         return results
+
+    def planned_tokens(self, window):
+        """About how many tokens decoding `window` writes: its sentinels and about one a lost character."""
+        return sum(span_target_tokens(span, self.decoding.length_aware) for span in window.spans)
 
     def ranking(self, candidate):
         """What candidates are ranked by: the model's log-probability, plus the lexicon bonus for a term."""
@@ -365,15 +380,25 @@ class Restorer:
 
     def search_lexicon(self, searches, heads, position, pools, keep):
         """Add to `pools` every lexicon term that can be among the `keep` likeliest candidates of its
-        span, and no other. Best-first over each trie: a prefix's log-probability bounds every term
-        below it (probabilities multiply and never exceed 1), so a prefix less likely than the
-        `keep`-th best candidate found so far is never expanded, and every term that could rank
-        above it is scored. Exact at any lexicon size; LEXICON_NODES_PER_SPAN bounds the work.
-        With a lexicon bonus, every bound and rank is taken with it (a term below a prefix ranks at most
-        the prefix's log-probability plus the bonus). Returns the windows whose search reached that bound."""
+        span. Best-first over each trie: a prefix's log-probability bounds every term below it
+        (probabilities multiply and never exceed 1), so a prefix less likely than the `keep`-th best
+        candidate found so far is never expanded, and every term that could rank above it is scored.
+        Exact at any lexicon size; LEXICON_NODES_PER_SPAN bounds the work. With a lexicon bonus, every
+        bound and rank is taken with it (a term below a prefix ranks at most the prefix's
+        log-probability plus the bonus). Returns the windows whose search reached that bound.
+
+        Each forward pass reads a popped prefix together with the chain of single children below it
+        (below its first tokens a large lexicon's trie is mostly such chains): teacher forcing gives
+        the next-token distribution at every position of the chain at once, so those nodes are
+        expanded later without a pass of their own (best-first as before, with the same bounds, so the
+        same terms win)."""
+        import torch
+
         counter = itertools.count()
         state, cut = {}, set()
         bonus = self.decoding.lexicon_bonus
+        closing = int(self.table.sentinel_ids[position + 1])
+        read_ahead = {}  # (window, id(node)) -> what expanding the node needs, from an earlier pass
         for number, root in searches:
             # The ranks of the candidates found so far, negated and sorted: found[keep - 1] bounds.
             found = sorted(-self.ranking(candidate) for candidate in pools[number].values())
@@ -383,7 +408,23 @@ class Restorer:
             found = state[number]["found"]
             return -found[keep - 1] if len(found) >= keep else -math.inf
 
-        closing = int(self.table.sentinel_ids[position + 1])
+        def expand(number, score, node, tokens, values):
+            """Score the node's terms and queue its children that can still win; `values`: the
+            log-probabilities after its tokens of the closing sentinel and of each child's token."""
+            closing_value, child_values = values
+            if node.terms:
+                found, known = state[number]["found"], pools[number].get(tokens)
+                if known is None:  # a text no beam wrote
+                    known = pools[number][tokens] = Candidate(tokens, score + closing_value)
+                else:  # a beam's text that is a term: it ranks anew, with the bonus
+                    found.remove(-self.ranking(known))
+                known.terms = list(dict.fromkeys(known.terms + node.terms))
+                bisect.insort(found, -self.ranking(known))
+            for (token, child), child_score in zip(node.children.items(), child_values):
+                if score + child_score + bonus > threshold(number):
+                    heapq.heappush(state[number]["frontier"], (-(score + child_score), next(counter), child,
+                                                               tokens + (token,)))
+
         while True:
             popped = []
             for number, entry in state.items():
@@ -395,30 +436,32 @@ class Restorer:
                         frontier.clear()
                         break
                     negative, _, node, tokens = heapq.heappop(frontier)
-                    entry["expanded"], taken = entry["expanded"] + 1, taken + 1
-                    popped.append((number, -negative, node, tokens))
+                    entry["expanded"] += 1
+                    values = read_ahead.pop((number, id(node)), None)
+                    if values is not None:
+                        expand(number, -negative, node, tokens, values)
+                    else:
+                        popped.append((number, -negative, node, tokens))
+                        taken += 1
             if not popped:
                 return cut
-            sequences = [heads[number] + list(tokens) for number, _, _, tokens in popped]
-            log_probabilities = self.next_token_log_probabilities([number for number, *_ in popped], sequences,
-                                                                  [[len(sequence) - 1] for sequence in sequences])
-            for (number, score, node, tokens), log_probability in zip(popped, log_probabilities):
-                log_probability = log_probability[0]
-                if node.terms:
-                    found, known = state[number]["found"], pools[number].get(tokens)
-                    if known is None:  # a text no beam wrote
-                        known = pools[number][tokens] = Candidate(tokens, score + float(log_probability[closing]))
-                    else:  # a beam's text that is a term: it ranks anew, with the bonus
-                        found.remove(-self.ranking(known))
-                    known.terms = list(dict.fromkeys(known.terms + node.terms))
-                    bisect.insort(found, -self.ranking(known))
-                children = list(node.children.items())
-                if children:
-                    scores = log_probability[[token for token, _ in children]].tolist()
-                    for (token, child), child_score in zip(children, scores):
-                        if score + child_score + bonus > threshold(number):
-                            heapq.heappush(state[number]["frontier"], (-(score + child_score), next(counter), child,
-                                                                       tokens + (token,)))
+            chains = [single_child_chain(node) for _, _, node, _ in popped]
+            sequences = [heads[number] + list(tokens) + [token for token, _ in chain[1:]]
+                         for (number, _, _, tokens), chain in zip(popped, chains)]
+            wanted = [list(range(len(heads[number]) + len(tokens) - 1, len(sequence)))
+                      for (number, _, _, tokens), sequence in zip(popped, sequences)]
+            log_probabilities = self.next_token_log_probabilities([number for number, *_ in popped], sequences, wanted)
+            for (number, score, node, tokens), chain, log_probability in zip(popped, chains, log_probabilities):
+                closing_values = log_probability[:, closing].tolist()
+                # Down the chain each node has one child, the next node's token; the last may have many.
+                following = torch.tensor([token for token, _ in chain[1:]], device=log_probability.device)
+                along = log_probability[:-1].gather(-1, following[:, None])[:, 0].tolist()
+                last = log_probability[-1][list(chain[-1][1].children)].tolist() if chain[-1][1].children else []
+                values = [(closing, [child]) for closing, child in zip(closing_values, along)]
+                values.append((closing_values[-1], last))
+                expand(number, score, node, tokens, values[0])
+                for (_, chain_node), value in zip(chain[1:], values[1:]):
+                    read_ahead[number, id(chain_node)] = value
 
     # --- results --------------------------------------------------------------------------------
 

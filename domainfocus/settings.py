@@ -34,7 +34,7 @@ class Setting:
         if value is None and self.none_allowed:
             return None
         if self.choices:
-            return None if value in self.choices else f"choose one of {', '.join(self.choices)}"
+            return None if value in self.choices else f"choose one of {', '.join(choice or repr(choice) for choice in self.choices)}"
         low = (self.at_least is None or value >= self.at_least) and (self.above is None or value > self.above)
         high = (self.at_most is None or value <= self.at_most) and (self.below is None or value < self.below)
         if low and high:
@@ -99,6 +99,7 @@ SETTINGS = (
     *settings(bool, "GRADIENT_CHECKPOINTING"),
     *settings(int, "DATALOADER_WORKERS", at_least=0),
     *settings(bool, "TORCH_COMPILE"),
+    *settings(str, "FSDP", choices=("", "full_shard", "shard_grad_op", "hybrid_shard")),
     # output
     *settings(str, "OUTPUT_DIR"),
     *settings(str, "RESUME", none_allowed=True),
@@ -186,6 +187,20 @@ def check_config(config):
                           f"comma-separated: {', '.join(LORA_MODULES)}.")
     if config["LORA_RANK"] and importlib.util.find_spec("peft") is None:
         raise ConfigError("LORA_RANK > 0 needs the peft package: pip install -r requirements.txt.")
+    if config["FSDP"] and config["LORA_RANK"]:
+        raise ConfigError(f"FSDP={config['FSDP']!r} with LORA_RANK={config['LORA_RANK']}: LoRA is not sharded by this "
+                          "tool; LoRA's frozen base in bf16 fits where full fine-tuning does not, so set FSDP='' for "
+                          "LoRA, or LORA_RANK=0 to shard a full fine-tuning.")
+    if config["FSDP"] and config["OPTIMIZER"] != "adamw_torch":
+        raise ConfigError(f"FSDP={config['FSDP']!r} with OPTIMIZER={config['OPTIMIZER']!r}: its state is made of plain "
+                          "tensors that sharded weights cannot be combined with; use OPTIMIZER='adamw_torch', whose "
+                          "state is sharded with the weights (and about 3e-4 for LEARNING_RATE).")
+    if config["FSDP"] and config["PRECISION"] == "fp16":
+        raise ConfigError(f"FSDP={config['FSDP']!r} with PRECISION='fp16': the fp16 loss scaler would see overflow "
+                          "in its own shard only and processes could skip different steps; use PRECISION='bf16'.")
+    if config["FSDP"] and config["TORCH_COMPILE"]:
+        raise ConfigError(f"FSDP={config['FSDP']!r} with TORCH_COMPILE=True: not combined by this tool; set one of "
+                          "them off.")
     if config["SAVE_TOTAL_LIMIT"] < 2:  # with 1 the Trainer deletes the newest checkpoint at the end, keeping the best
         raise ConfigError(f"SAVE_TOTAL_LIMIT={config['SAVE_TOTAL_LIMIT']}: keep at least 2 checkpoints, the newest "
                           "(to resume) and the best.")

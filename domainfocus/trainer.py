@@ -19,6 +19,15 @@ from domainfocus.damage import from_sentinels, target_lengths
 from domainfocus.data import MaskedExamples
 from domainfocus.restoration import Decoding, Restorer
 from domainfocus.settings import ConfigError, metric_for_best_model
+from domainfocus.sharding import (
+    SHARDED_FOLDER,
+    full_state_dict,
+    full_weights,
+    gradients_unsynced,
+    is_sharded,
+    load_shards,
+    save_shards,
+)
 from domainfocus.spans import SENTINEL, restoration_metrics
 
 logger = logging.getLogger("domainfocus")
@@ -171,8 +180,12 @@ class DomainFocusTrainer(Seq2SeqTrainer):
         self.guard = guard  # a NonFiniteGuard, told about every loss and gradient norm
         self.shuffle_batches = shuffle_batches  # length-grouped batches in random order; read when training starts
         self.restorer = None  # built at the first evaluation, kept while the model is the same
+        self.epoch_sampler = None  # the training sampler, told each epoch (see _run_epoch)
         self.truncated_examples = 0  # raw text: masked examples cut to the length limits in this process
         self.add_callback(LossWindow(self))
+        self.sharded = is_sharded(self.model)
+        if self.sharded:  # sharding.py sharded it: the Trainer must not wrap it in DistributedDataParallel
+            self.is_distributed_loading_by_transformers = True
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.truncated_examples += int(inputs.pop("truncated", 0))  # data.MaskingCollator's count, not for the model
@@ -187,8 +200,39 @@ class DomainFocusTrainer(Seq2SeqTrainer):
             model.zero_grad(set_to_none=True)  # the optimizer skips parameters without gradients
         return grad_norm
 
+    # --- sharded runs (sharding.py): weights and optimizer state saved and loaded shard by shard ---
+
+    def _save(self, output_dir=None, state_dict=None):
+        if not self.sharded:
+            return super()._save(output_dir, state_dict)
+        weights = full_state_dict(self.model)  # every process takes part; the main one gets the full weights
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            self.model.save_pretrained(output_dir, state_dict=weights)
+            self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))  # as the Trainer's own _save
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        if not self.sharded:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        save_shards(self.model, self.optimizer, os.path.join(output_dir, SHARDED_FOLDER))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _defer_fsdp_gradient_reduction(self):
+        # The Trainer's version reads the sharding plan of a model transformers sharded at load time.
+        return gradients_unsynced(self.model)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self.sharded:  # a sharded run loads its weights with the optimizer state, below
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.sharded and checkpoint:
+            load_shards(self.model, self.optimizer, os.path.join(checkpoint, SHARDED_FOLDER))
+            self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
+        else:
+            super()._load_optimizer_and_scheduler(checkpoint)
         # A checkpoint's scheduler brings back the learning rate it was started with; the
         # LEARNING_RATE set now must win, or lowering it after a divergence would do nothing.
         if checkpoint and hasattr(self.lr_scheduler, "base_lrs"):
@@ -224,7 +268,8 @@ class DomainFocusTrainer(Seq2SeqTrainer):
                          for text, target in self.generation_examples]
             # Under torchrun each process restores every world_size-th example, then every process gathers them all.
             rank, world = self.args.process_index, self.args.world_size
-            results, pairs = graded_spans(self.restorer, documents[rank::world], targets[rank::world])
+            with full_weights(self.model):  # sharded: each process restores its share on full weights
+                results, pairs = graded_spans(self.restorer, documents[rank::world], targets[rank::world])
             mine = [result["prediction"] for result in results]
             predictions = mine
             if world > 1:
@@ -259,12 +304,24 @@ class DomainFocusTrainer(Seq2SeqTrainer):
             except OSError as error:  # a picture is not worth stopping a run for
                 logger.warning("Could not draw reliability.png: %s", error)
 
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        # Under torchrun, a run resumed in a later epoch wraps the sampler as SkipBatchSampler(
+        # BatchSamplerShard(BatchSampler(sampler))), deeper than the Trainer's and accelerate's
+        # set_epoch reach, and it drew the order of epoch 0 again. The sampler is told here.
+        if isinstance(self.epoch_sampler, ShuffledLengthGroupedSampler):
+            self.epoch_sampler.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
+
     # The Trainer drops unused columns before it builds the length-grouped sampler, which
     # throws away the precomputed "length" column; and datasets 5 hands the column over as a
     # lazy Column that the sampler then reads one row at a time (9 s per epoch for 120,000
     # examples against 0.06 s from a list: `python bench.py --only knobs`). The sampler here
     # gets the lengths as a plain list, read as one numpy column, and shuffles the batch order.
     def _get_train_sampler(self, train_dataset=None):
+        self.epoch_sampler = self.length_grouped_sampler()
+        return self.epoch_sampler
+
+    def length_grouped_sampler(self):
         if isinstance(self.train_dataset, MaskedExamples):  # raw text: lengths in characters, epoch in the index
             return ShuffledLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                                 lengths=self.train_dataset.lengths, seed=self.args.seed,
