@@ -12,6 +12,8 @@ import time
 
 import pytest
 from conftest import ROOT, clinical_lexicon, offline_environment
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 LINES = [f"第{number:04d}例：患者因□□□□□□入院，首选检查为□□□。" for number in range(240)]
 
@@ -156,3 +158,24 @@ def test_resume_refuses_standard_output_and_an_output_of_another_input(finished_
                                 check=False, capture_output=True, text=True, timeout=300, env=offline_environment(hf_home))
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="患者心悸多汗首选检查为予口服℃㎎ⅡⅢ½，。：；（）“”abcgmkl0123456789 ", max_size=12))
+def test_the_reading_of_a_text_that_cannot_fold_is_what_the_general_walk_reads(text):
+    """lengths.read takes a shortcut for text holding no character of any image (most CJK spans); on
+    clinical characters, compatibility characters, Latin letters, digits and spaces it must read
+    exactly what the general walk reads."""
+    from domainfocus import lengths
+
+    class EveryCharacter(frozenset):
+        def isdisjoint(self, other):  # the shortcut's test: never taken
+            return False
+
+    shortcut = lengths.read(text)
+    real = lengths.image_characters
+    lengths.image_characters = lambda: EveryCharacter()
+    try:
+        assert shortcut == lengths.read(text)
+    finally:
+        lengths.image_characters = real

@@ -154,7 +154,9 @@ def test_check_plans_memory_per_gpu_of_the_shard_group(hf_home):
 
 
 @pytest.mark.parametrize("setting, named", [("--OPTIMIZER=adafactor", "OPTIMIZER='adafactor'"),
-                                            ("--LORA_RANK=8", "LORA_RANK=8")])
+                                            ("--LORA_RANK=8", "LORA_RANK=8"),
+                                            ("--PRECISION=fp16", "PRECISION='fp16'"),
+                                            ("--TORCH_COMPILE=True", "TORCH_COMPILE=True")])
 def test_what_sharding_cannot_carry_is_refused_in_one_line(setting, named, tmp_path, hf_home):
     started = time.monotonic()
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--demo", "--FSDP=full_shard", setting,
