@@ -30,18 +30,21 @@ def remove_parts(output):
         os.remove(path)
 
 
-def complete_lines(path):
-    """The lines of `path` that end with a line end (a kill can cut the last one short)."""
+def lines_of(path):
+    """(number, line) of each complete line of `path`, read one at a time (an archive's output need
+    not fit in memory; a kill can cut the last line short, and it is left out)."""
     if not os.path.exists(path):
-        return []
+        return
     with open(path, encoding="utf-8") as handle:
-        return handle.read().split("\n")[:-1]
+        for number, line in enumerate(handle):
+            if line.endswith("\n"):
+                yield number, line
 
 
 def holds_prefix(output, done):
     """True when `output` alone holds the texts `done`, the first ones of the input, and no part lies
     beside it: one process can then write the rest straight after them."""
-    return not part_paths(output) and sorted(done) == list(range(len(complete_lines(output))))
+    return not part_paths(output) and done == set(range(sum(1 for _ in lines_of(output))))
 
 
 def drop_cut_line(path):
@@ -68,11 +71,11 @@ def read_records(path):
 
 
 def written_before(output, examples):
-    """{text index: its output line} of every complete line in `output` and its parts, each checked
-    to be the restoration of that text of the input."""
-    done = {}
+    """The texts (indices) whose restoration is a complete line of `output` or of its parts, each line
+    checked to be the restoration of that text of the input."""
+    done = set()
     for start, path in [(0, output)] + part_paths(output):
-        for offset, line in enumerate(complete_lines(path)):
+        for offset, line in lines_of(path):
             index = start + offset
             try:
                 record = json.loads(line)
@@ -82,28 +85,33 @@ def written_before(output, examples):
                     record.get("inputs") != examples[index].document.text:
                 raise ArchiveError(f"--resume: line {offset + 1} of {path} is not the restoration of text {index + 1} "
                                    "of --input; resume with the input (and options) of the interrupted run.")
-            done[index] = line + "\n"
+            done.add(index)
     return done
 
 
 def merge(output, examples):
-    """Append the parts' lines to `output` in input order (after its complete lines), then remove them."""
+    """Append the parts' lines to `output` in input order (after its complete lines), then remove them.
+    Line by line: neither the output nor a part is ever held in memory whole."""
     done = written_before(output, examples)
-    written = len(complete_lines(output))
     missing = [index + 1 for index in range(len(examples)) if index not in done]
     if missing:
         raise ArchiveError(f"texts {missing[:5]} of --input are in neither {output} nor its parts; "
                            "run again with --resume.")
-    with open(output, "r+", encoding="utf-8") as handle:
-        handle.truncate(len("".join(done[index] for index in range(written)).encode("utf-8")))
-        handle.seek(0, os.SEEK_END)
-        handle.write("".join(done[index] for index in range(written, len(examples))))
+    if os.path.exists(output):
+        drop_cut_line(output)
+    written = sum(1 for _ in lines_of(output))
+    with open(output, "a", encoding="utf-8") as handle:
+        for start, path in part_paths(output):
+            for offset, line in lines_of(path):
+                if start + offset == written:  # (a text the output or an earlier part holds is skipped)
+                    handle.write(line)
+                    written += 1
     remove_parts(output)
 
 
 def gathered(output):
     """Every process's records from the parts (OCR output under torchrun), which are then removed."""
-    records = [json.loads(line) for _, path in part_paths(output) for line in complete_lines(path)]
+    records = [json.loads(line) for _, path in part_paths(output) for _, line in lines_of(path)]
     remove_parts(output)
     return records
 
