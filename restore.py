@@ -36,7 +36,6 @@ from domainfocus.archive import (
     PartWriter,
     drop_cut_line,
     gathered,
-    holds_prefix,
     merge,
     part_paths,
     read_records,
@@ -368,8 +367,9 @@ def main(argv=None):
     mine = batches[rank * len(batches) // world:(rank + 1) * len(batches) // world]
     # One process writing on after what is written streams into --output itself; otherwise each
     # process writes parts beside it, merged in input order at the end.
+    # (Without parts, what was written is the output's own lines, the first texts from 0 on.)
     direct = world == 1 and kind == "jsonl" and remaining == list(range(len(done), len(examples))) and (
-        not done or holds_prefix(options.output, done))
+        not done or not part_paths(options.output))
     if direct:
         if done:
             drop_cut_line(options.output)  # a line a kill cut short must not run into the next one

@@ -41,12 +41,6 @@ def lines_of(path):
                 yield number, line
 
 
-def holds_prefix(output, done):
-    """True when `output` alone holds the texts `done`, the first ones of the input, and no part lies
-    beside it: one process can then write the rest straight after them."""
-    return not part_paths(output) and done == set(range(sum(1 for _ in lines_of(output))))
-
-
 def drop_cut_line(path):
     """Cut off the end of `path` after its last line end (a line a kill left half-written)."""
     with open(path, "rb+") as handle:
