@@ -134,10 +134,11 @@ def test_a_sharded_checkpoint_is_not_resumed_unsharded_and_the_other_way_round(s
         assert "cannot be resumed with FSDP" in result.stderr
 
 
-def test_check_plans_memory_per_gpu_of_the_shard_group(hf_home):
-    def plan(*arguments, **environment):
+def test_check_plans_memory_per_gpu_of_the_shard_group(tmp_path, hf_home):
+    def plan(*arguments, **environment):  # (an OUTPUT_DIR of its own: runs/demo may hold a demo run to resume)
         result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--check", "--demo",
-                                 "--OPTIMIZER=adamw_torch", *arguments], cwd=ROOT, capture_output=True, text=True,
+                                 "--OPTIMIZER=adamw_torch", f"--OUTPUT_DIR={tmp_path / 'out'}", *arguments], cwd=ROOT,
+                                capture_output=True, text=True,
                                 timeout=120, env={**offline_environment(hf_home), **environment})
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout
