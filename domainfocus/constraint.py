@@ -57,8 +57,15 @@ class TokenTable:
         self.lowest[:len(lowest)] = torch.tensor(lowest, dtype=torch.int32)
         self.lowest_touched = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.int32)  # after a character alike
         self.lowest_touched[:len(touched)] = torch.tensor(touched, dtype=torch.int32)
-        self.kinds = torch.zeros(vocabulary_size, dtype=torch.int8)
-        self.kinds[:len(kinds)] = torch.tensor(kinds, dtype=torch.int8)
+        self.kinds = torch.zeros(vocabulary_size, dtype=torch.long)
+        self.kinds[:len(kinds)] = torch.tensor(kinds, dtype=torch.long)
+        # Tokens alike in all of these are masked alike: the constraint decides per class (a few hundred,
+        # against mT5's 250,112 tokens) and spreads the decision over the vocabulary in one pass.
+        signature = torch.stack([self.kinds, self.lowest.long(), self.lowest_touched.long(),
+                                 self.characters.clamp(max=BLANK + 1)])
+        kept, self.classes = torch.unique(signature, dim=1, return_inverse=True)
+        self.class_kinds, self.class_lowest, self.class_touched, class_characters = kept
+        self.class_content, self.class_blank = class_characters > BLANK, class_characters == BLANK
         self.sentinel_ids = torch.tensor(tokenizer.convert_tokens_to_ids([sentinel(k) for k in range(MAX_SENTINELS)]))
         self.sentinel_number = torch.full((vocabulary_size,), -1, dtype=torch.long)
         self.sentinel_number[self.sentinel_ids] = torch.arange(MAX_SENTINELS)
@@ -71,7 +78,8 @@ class TokenTable:
         self.readings = {}  # a span's tokens so far -> lengths.Reading, shared by every batch decoded
 
     def to(self, device):
-        for name in ("characters", "lowest", "lowest_touched", "kinds", "sentinel_ids", "sentinel_number"):
+        for name in ("characters", "lowest", "lowest_touched", "kinds", "sentinel_ids", "sentinel_number", "classes",
+                     "class_kinds", "class_lowest", "class_touched", "class_content", "class_blank"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -208,20 +216,22 @@ class SpanConstraint:
         # the text's last character (they touch when they are of one kind).
         room = torch.where(length[:, None] >= 0, length[:, None] - torch.tensor(before, device=device), 1 << 30)
         room, last = room.to(torch.int32), torch.tensor(last, device=device)
-        token_lowest, characters = table.lowest[:vocabulary], table.characters[:vocabulary]
-        content = torch.zeros(rows, vocabulary, dtype=torch.bool, device=device)
-        for index in range(len(KINDS)):
-            touching = (last == index)[:, None] & (index > 0)
-            counted = torch.where(touching, table.lowest_touched[:vocabulary], token_lowest)
-            content |= (table.kinds[:vocabulary] == index) & (counted <= room[:, index:index + 1])
-        content &= characters >= 1
+        kinds = table.class_kinds
+        touching = (kinds[None, :] == last[:, None]) & (last[:, None] > 0)  # of the kind the text ends with
+        counted = torch.where(touching, table.class_touched, table.class_lowest)
+        content = (counted <= room.gather(1, kinds.expand(rows, -1))) & table.class_content
+        blank = table.class_blank & ~last_was_blank[:, None] & (room[:, :1] > 0)  # "▁" once before a piece
+        by_class = (content | blank) & in_span[:, None]
+        allowed = by_class.gather(1, table.classes[:vocabulary].expand(rows, -1))  # the table is as wide as the scores
+        some_way = by_class.any(dim=1)
         for row, begun, base in continuing:  # or when it continues an image the span's end began
-            tokens, added = table.continuation(begun)  # the table is as wide as the scores
-            content[row, tokens] |= base + added <= wanted[row]
-        blank = (characters == BLANK) & ~last_was_blank[:, None] & (room[:, :1] > 0)  # "▁" once before a piece
-        allowed = (content | blank) & in_span[:, None]
+            tokens, added = table.continuation(begun)
+            continues = base + added <= wanted[row]
+            allowed[row, tokens] |= continues
+            some_way[row] |= continues.any()
         closes = in_span & torch.tensor(fits, device=device)
         next_sentinel = table.sentinel_ids[(current + 1).clamp(max=MAX_SENTINELS - 1)]
         allowed[row_index, next_sentinel] |= closes | (current < 0)
-        allowed[row_index, table.eos] |= (current >= spans) | ~allowed.any(dim=1)  # never a row with no way on
-        return scores.masked_fill(~allowed, float("-inf"))
+        some_way |= closes | (current < 0)
+        allowed[row_index, table.eos] |= (current >= spans) | ~some_way  # never a row with no way on
+        return torch.where(allowed, scores, float("-inf"))

@@ -18,6 +18,8 @@ tokenizers normalise with NFKC, so the model can write `°C` but never `℃`, `m
 
 import dataclasses
 import functools
+import itertools
+import re
 import unicodedata
 
 # Compatibility characters that clinical text writes and whose NFKC image is several characters:
@@ -172,26 +174,30 @@ def lowest_followed(text, kind):
 
 
 @functools.cache
-def image_characters():
-    """Every character some image holds: a text without any of them can never fold."""
-    return frozenset("".join(foldable()))
+def written_image():
+    """A pattern that finds any image written in a text: a text without one can never fold."""
+    return re.compile("|".join(map(re.escape, sorted(foldable(), key=len, reverse=True))))
 
 
 def read(text):
     """The Reading of `text` (generated, NFKC); whitespace counts nothing and no image crosses it;
     UNKNOWN marks an <unk>. Counted after NFC composition, as source_length counts (`e` + `◌́` is one)."""
     text = unicodedata.normalize("NFC", text)
-    if UNKNOWN not in text and image_characters().isdisjoint(text):
-        # Most spans (CJK words): nothing can fold, so every reading is the plain count. The decoding
-        # constraint reads every partial span at every step; the general walk below was its bottleneck.
-        count = sum(not character.isspace() for character in text)
-        return Reading(frozenset({count}), False, (count,) * len(KINDS), (), KINDS.index(kind(text[-1])) if text else 0)
+    last = KINDS.index(kind(text[-1])) if text else 0
+    if UNKNOWN not in text and written_image().search(text) is None:
+        # Most spans (CJK words, Latin words without a unit) write no image, so nothing folds and every
+        # count is the plain one; only an end that begins an image needs a look. The decoding constraint
+        # reads every partial span at every step; the general walk below was its bottleneck.
+        counted = list(itertools.accumulate((not character.isspace() for character in text), initial=0))
+        pending = tuple((text[start:], counted[start]) for start in range(max(len(text) - 6, 0), len(text))
+                        if begins_image(text[start:], text[start - 1] if start else None))
+        return Reading(frozenset({counted[-1]}), False, (counted[-1],) * len(KINDS), pending, last)
     pending = tuple((text[start:], lowest_followed(text[:start], kind(text[start])))
                     for start in range(max(len(text) - 6, 0), len(text))
                     if begins_image(text[start:], text[start - 1] if start else None))
     counts = frozenset(reachable_counts(text))
     before = tuple(min(counts) if kind_ is None else lowest_followed(text, kind_) for kind_ in KINDS)
-    return Reading(counts, UNKNOWN in text, before, pending, KINDS.index(kind(text[-1])) if text else 0)
+    return Reading(counts, UNKNOWN in text, before, pending, last)
 
 
 def lowest_count(text, touched=False):

@@ -48,13 +48,13 @@ from domainfocus.lengths import (
     shown,
     source_length,
 )
+from domainfocus.prefixes import DecoderPrefixes
 from domainfocus.spans import SPECIAL_TOKENS, build_targets, sentinel
 from domainfocus.windows import Cutter, cut_windows, plain_pieces, span_target_tokens
 
 REVIEW_MARKS = ("⟦", "⟧")  # around a restoration flagged for review in `restored`
 LEXICON_NODES_PER_SPAN = 4096  # safety valve of the exact lexicon search; a span that reaches it is counted
 NODES_PER_ROUND = 8  # lexicon prefixes expanded per span in one batched forward pass
-LOGITS_PER_CHUNK = 1 << 26  # logits computed at once when scoring (rows x positions x vocabulary)
 
 
 @dataclasses.dataclass
@@ -227,6 +227,7 @@ class Restorer:
         batch = self.tokenizer([window.text for window in windows], return_tensors="pt", padding=True).to(device)
         self.encoded = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         self.attention_mask = batch["attention_mask"]
+        self.prefixes = DecoderPrefixes(self.model, self.encoded.last_hidden_state, self.attention_mask)
         lengths = [[span.length if self.decoding.length_aware else None for span in window.spans] for window in windows]
         # generate() expands the encoder output it is given for the beams in place: it gets its own.
         output = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded.last_hidden_state),
@@ -327,53 +328,16 @@ class Restorer:
             tokens += [int(self.table.sentinel_ids[k])] + (restored[k] or [])
         return tokens + [int(self.table.sentinel_ids[position])]
 
-    def next_token_log_probabilities(self, rows, sequences, wanted):
-        """For each decoder sequence (given the encoded window in `rows`), the log-softmax over the
-        vocabulary at the positions `wanted` lists for it: [tensor of shape (positions, vocabulary)].
-
-        Only those positions go through the LM head: a hook hands it just their hidden states, so
-        scoring never builds logits for every position (mT5's 250,112-token head would make them
-        gigabytes). Written by hand because the model's forward has no option for it."""
-        import torch
-        from transformers.modeling_outputs import BaseModelOutput
-
-        pad = self.model.config.pad_token_id
-        device = self.attention_mask.device
-        vocabulary = self.table.characters.shape[0]
-        results = []
-        step = max(LOGITS_PER_CHUNK // (max(len(positions) for positions in wanted) * vocabulary), 1) if wanted else 1
-        for start in range(0, len(sequences), step):
-            chunk, needed = sequences[start:start + step], wanted[start:start + step]
-            width = max(map(len, chunk))
-            decoder = torch.tensor([sequence + [pad] * (width - len(sequence)) for sequence in chunk], device=device)
-            picked_rows = torch.tensor([row for row, positions in enumerate(needed) for _ in positions], device=device)
-            picked_positions = torch.tensor([position for positions in needed for position in positions], device=device)
-            hook = self.model.get_output_embeddings().register_forward_pre_hook(
-                lambda module, arguments: (arguments[0][picked_rows, picked_positions][None],))
-            try:
-                index = torch.tensor(rows[start:start + step], device=device)
-                encoded = BaseModelOutput(last_hidden_state=self.encoded.last_hidden_state[index])
-                logits = self.model(encoder_outputs=encoded, attention_mask=self.attention_mask[index],
-                                    decoder_input_ids=decoder).logits[0].float()
-            finally:
-                hook.remove()
-            log_probabilities = torch.log_softmax(logits, dim=-1)
-            results += list(log_probabilities.split([len(positions) for positions in needed]))
-        return results
-
     def score(self, requests):
         """Set each candidate's log-probability: its tokens and the closing sentinel, teacher-forced
         after `head` (softmax over the whole vocabulary, no length mask). Requests: (window, head,
         span position, Candidate)."""
         import torch
 
-        sequences, wanted, targets = [], [], []
-        for _, head, position, candidate in requests:
-            labels = list(candidate.tokens) + [int(self.table.sentinel_ids[position + 1])]
-            sequences.append(head + list(candidate.tokens))
-            wanted.append(list(range(len(head) - 1, len(head) - 1 + len(labels))))
-            targets.append(labels)
-        log_probabilities = self.next_token_log_probabilities([number for number, *_ in requests], sequences, wanted)
+        targets = [list(candidate.tokens) + [int(self.table.sentinel_ids[position + 1])]
+                   for _, _, position, candidate in requests]
+        log_probabilities = self.prefixes.after([number for number, *_ in requests], [head for _, head, *_ in requests],
+                                                [candidate.tokens for *_, candidate in requests], [0] * len(requests))
         for (_, _, _, candidate), log_probability, labels in zip(requests, log_probabilities, targets):
             picked = log_probability.gather(-1, torch.tensor(labels, device=log_probability.device)[:, None])
             candidate.log_probability = float(picked.sum())
@@ -446,11 +410,10 @@ class Restorer:
             if not popped:
                 return cut
             chains = [single_child_chain(node) for _, _, node, _ in popped]
-            sequences = [heads[number] + list(tokens) + [token for token, _ in chain[1:]]
-                         for (number, _, _, tokens), chain in zip(popped, chains)]
-            wanted = [list(range(len(heads[number]) + len(tokens) - 1, len(sequence)))
-                      for (number, _, _, tokens), sequence in zip(popped, sequences)]
-            log_probabilities = self.next_token_log_probabilities([number for number, *_ in popped], sequences, wanted)
+            log_probabilities = self.prefixes.after(
+                [number for number, *_ in popped], [heads[number] for number, *_ in popped],
+                [tokens + tuple(token for token, _ in chain[1:]) for (_, _, _, tokens), chain in zip(popped, chains)],
+                [len(tokens) for _, _, _, tokens in popped])
             for (number, score, node, tokens), chain, log_probability in zip(popped, chains, log_probabilities):
                 closing_values = log_probability[:, closing].tolist()
                 # Down the chain each node has one child, the next node's token; the last may have many.
