@@ -15,8 +15,9 @@ one module per subject, and share its helpers (benchmarks/common.py) and its rec
              exact_match and spans/s; the accuracy of spans above and below a confidence of 0.5;
              the same spans joined into 3,000-character lines, restored in windows of whole sentences;
              and an archive's speed (documents and spans per second): plain model.generate with 4
-             beams, greedy and 4-beam length-aware restoration, with the 20,000-term lexicon, and
-             restore.py in one process and in two under torchrun.
+             beams, greedy and 4-beam length-aware restoration, with the 20,000-term lexicon (3
+             alternatives proven per span, and none: the choice alone), and restore.py in one
+             process and in two under torchrun.
   calibration (benchmarks/calibration.py) the same model's span confidence on the validation
              examples split in halves by text digest: a temperature fitted on one half, the
              expected calibration error (ECE) of both halves before and after it, and the reliability

@@ -161,7 +161,8 @@ def reachable_counts(text):
         reachable[position + 1].update(count + 1 for count in counts)
         for image in by_first.get(character, ()) if character != UNKNOWN else foldable():
             end = position + len(image)
-            if matches(text, position, image) and stands_apart(text, position, end, image):
+            written = matches(text, position, image) if fewest else text.startswith(image, position)  # (no <unk>)
+            if written and stands_apart(text, position, end, image):
                 reachable[end].update(count + 1 for count in counts)
     return {min(reachable[-1])} if fewest else reachable[-1]
 

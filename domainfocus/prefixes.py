@@ -1,4 +1,5 @@
-"""Teacher-forced scoring after a window's restoration so far, without running the decoder over it again.
+"""The decoder's keys and values in restoration: kept for scoring after a window's restoration so far,
+and left in place where beam search would copy them for nothing.
 
 Restoration scores candidates span by span (restoration.py): every beam's text for span k, and every
 lexicon prefix its search expands, is read by the decoder after the same head (the start token, the
@@ -28,7 +29,8 @@ class DecoderPrefixes:
         self.encoded = encoded  # the encoder's last hidden state of the windows, [windows, length, width]
         self.attention_mask = attention_mask
         self.cross = None  # per decoder layer: (keys, values) of cross-attention, [windows, heads, length, size]
-        self.kept = {}  # window -> (head tokens, [(keys, values)] per layer, [1, heads, len(head), size], log-softmax after it)
+        # window -> (head tokens, [(keys, values) [1, heads, len(head), size]] per layer, log-softmax after the head)
+        self.kept = {}
 
     def after(self, rows, heads, suffixes, first):
         """For each row (window, head, suffix tokens, first): the log-softmax over the vocabulary after the
@@ -54,29 +56,32 @@ class DecoderPrefixes:
         what it adds to the head kept before (all windows in one forward pass)."""
         if self.cross is None:
             self.start()
-        growing = {}
+        growing, restarted = {}, False
         for window, head in heads.items():
             head = tuple(head)
             known = self.kept[window][0]
             if head != known:
                 if head[:len(known)] != known:  # another head (never in restoration's order): from the start
-                    self.kept[window] = self.kept_start[window]
+                    self.kept[window], restarted = self.kept_start[window], True
                     known = self.kept[window][0]
                 growing[window] = head
+        if restarted:
+            self.stack()
         if not growing:
             return
         windows = list(growing)
         heads_before = [self.kept[window][0] for window in windows]
         added = [list(growing[window][len(before):]) for window, before in zip(windows, heads_before)]
+        width = self.width  # the pass reads the kept heads padded to this width, then the added tokens
         cache, log_probabilities = self.forward(windows, heads_before, added, [[len(tokens) - 1] for tokens in added],
                                                 keep=True)
-        width = max(map(len, heads_before))
         for number, (window, before, tokens) in enumerate(zip(windows, heads_before, added)):
             begin, end = width - len(before), width + len(tokens)
             layers = [(layer.keys[number:number + 1, :, begin:end].clone(),
                        layer.values[number:number + 1, :, begin:end].clone())
                       for layer in cache.self_attention_cache.layers]
             self.kept[window] = (growing[window], layers, log_probabilities[number][0])
+        self.stack()
 
     def start(self):
         """Read the decoder start token for every window: the cross-attention keys and values, and the first head."""
@@ -90,6 +95,18 @@ class DecoderPrefixes:
                       for layer in cache.self_attention_cache.layers]
             self.kept[window] = ((start,), layers, log_probabilities[window][0])
         self.kept_start = dict(self.kept)
+        self.stack()
+
+    def stack(self):
+        """Every window's kept keys and values, padded on the left to the longest head, in one tensor per
+        layer (self.stacked, [windows, heads, self.width, size]): a pass picks its rows from it."""
+        import torch
+
+        windows = range(len(self.kept))
+        self.width = max(len(self.kept[window][0]) for window in windows)
+        self.stacked = [tuple(torch.cat([left_padded(self.kept[window][1][number][part], self.width)
+                                         for window in windows]) for part in (0, 1))
+                        for number in range(len(self.cross))]
 
     def forward(self, rows, heads, suffixes, picked, keep=False):
         """One decoder pass per chunk of rows over `suffixes`, after each row's kept `heads` (padded on
@@ -100,7 +117,6 @@ class DecoderPrefixes:
         scoring never builds logits for every position (mT5's 250,112-token head would make them
         gigabytes). Written by hand because the model's forward has no option for it."""
         import torch
-        from transformers.cache_utils import EncoderDecoderCache
         from transformers.modeling_outputs import BaseModelOutput
 
         if not rows:
@@ -110,31 +126,27 @@ class DecoderPrefixes:
         vocabulary = self.model.get_output_embeddings().weight.shape[0]
         config = self.model.config
         width_per_token = 2 * config.num_decoder_layers * config.num_heads * config.d_kv
-        head_width = max(map(len, heads))
+        width = self.width if self.cross is not None else 0  # of the kept heads (none before start())
         per_row = max(max(map(len, picked)) * vocabulary,
-                      (head_width + max(map(len, suffixes)) + self.encoded.shape[1]) * width_per_token)
+                      (width + max(map(len, suffixes)) + self.encoded.shape[1]) * width_per_token)
         step = len(rows) if keep else max(min(LOGITS_PER_CHUNK, KEPT_PER_CHUNK) // per_row, 1)
         cache, results = None, []
         for begin in range(0, len(rows), step):
             chunk, chunk_heads = rows[begin:begin + step], heads[begin:begin + step]
             chunk_suffixes, chunk_picked = suffixes[begin:begin + step], picked[begin:begin + step]
             index = torch.tensor(chunk, device=device)
-            width, length = max(map(len, chunk_heads)), max(map(len, chunk_suffixes))
+            length = max(map(len, chunk_suffixes))
             decoder = torch.tensor([list(suffix) + [pad] * (length - len(suffix)) for suffix in chunk_suffixes],
                                    device=device)
-            mask = torch.tensor([[0] * (width - len(head)) + [1] * (len(head) + length) for head in chunk_heads],
-                                device=device)
-            cache = None
-            if width:  # each window's kept keys and values padded once, then one row per row
-                windows = list(dict.fromkeys(chunk))
-                rows_of = torch.tensor([windows.index(row) for row in chunk], device=device)
-                layers = []
-                for number, (keys, values) in enumerate(self.cross):
-                    kept = [self.kept[window][1][number] for window in windows]
-                    layers.append((torch.cat([left_padded(pair[0], width) for pair in kept])[rows_of],
-                                   torch.cat([left_padded(pair[1], width) for pair in kept])[rows_of],
-                                   keys[index], values[index]))
-                cache = EncoderDecoderCache(layers)
+            kept = torch.tensor([len(head) for head in chunk_heads], device=device)
+            mask = (torch.arange(width + length, device=device) >= width - kept[:, None]).long()
+            if width:
+                cache = held_cache([(keys[index], values[index], cross_keys[index], cross_values[index])
+                                    for (keys, values), (cross_keys, cross_values) in zip(self.stacked, self.cross)])
+                # Cross-attention reads the cache; the encoder states only give the batch its shape.
+                encoded = self.encoded[:1].expand(len(chunk), -1, -1)
+            else:
+                cache, encoded = None, self.encoded[index]
             picked_rows = torch.tensor([row for row, positions in enumerate(chunk_picked) for _ in positions],
                                        device=device)
             picked_positions = torch.tensor([position for positions in chunk_picked for position in positions],
@@ -142,7 +154,7 @@ class DecoderPrefixes:
             hook = self.model.get_output_embeddings().register_forward_pre_hook(
                 lambda module, arguments, rows=picked_rows, at=picked_positions: (arguments[0][rows, at][None],))
             try:
-                output = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded[index]),
+                output = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
                                     attention_mask=self.attention_mask[index], decoder_input_ids=decoder,
                                     decoder_attention_mask=mask, past_key_values=cache, use_cache=True)
             finally:
@@ -159,3 +171,33 @@ def left_padded(tensor, width):
 
     missing = width - tensor.shape[2]
     return tensor if not missing else torch.nn.functional.pad(tensor, (0, 0, missing, 0))
+
+
+def held_cache(layers):
+    """An EncoderDecoderCache holding, per decoder layer, (self-attention keys, values, cross-attention keys,
+    values) as given. Built by hand: its constructor concatenates each tensor onto an empty one, a copy
+    of every key and value for every pass."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+
+    caches = DynamicCache(), DynamicCache()
+    for tensors in layers:
+        for cache, (keys, values) in zip(caches, (tensors[:2], tensors[2:])):
+            layer = DynamicLayer()
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            cache.layers.append(layer)
+    return EncoderDecoderCache(*caches)
+
+
+def beam_cache(model):
+    """An empty cache for beam search over windows whose cross-attention keys and values, once computed,
+    are never reordered: transformers reorders the whole cache at every step, but a window's beams share
+    its encoder states, so reordering them copies identical rows (with mT5 and long windows, hundreds of
+    megabytes a step)."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    class SharedCrossAttention(EncoderDecoderCache):
+        def reorder_cache(self, beam_idx):
+            self.self_attention_cache.reorder_cache(beam_idx)  # beams move only among their window's rows
+
+    return SharedCrossAttention(DynamicCache(config=model.config), DynamicCache(config=model.config))

@@ -48,13 +48,14 @@ from domainfocus.lengths import (
     shown,
     source_length,
 )
-from domainfocus.prefixes import DecoderPrefixes
+from domainfocus.prefixes import DecoderPrefixes, beam_cache
 from domainfocus.spans import SPECIAL_TOKENS, build_targets, sentinel
 from domainfocus.windows import Cutter, cut_windows, plain_pieces, span_target_tokens
 
 REVIEW_MARKS = ("⟦", "⟧")  # around a restoration flagged for review in `restored`
 LEXICON_NODES_PER_SPAN = 4096  # safety valve of the exact lexicon search; a span that reaches it is counted
-NODES_PER_ROUND = 8  # lexicon prefixes expanded per span in one batched forward pass
+NODES_PER_ROUND = 8  # lexicon prefixes expanded per span in one batched forward pass, at least
+ROWS_PER_ROUND = 64  # and more per span while few spans are still searching, up to about this many rows a pass
 
 
 @dataclasses.dataclass
@@ -234,7 +235,8 @@ class Restorer:
                                      attention_mask=self.attention_mask,
                                      max_new_tokens=self.budget(lengths), num_beams=beams,
                                      num_return_sequences=beams, do_sample=False, logits_processor=LogitsProcessorList(
-                                         [SpanConstraint(self.table, lengths, beams)]))
+                                         [SpanConstraint(self.table, lengths, beams)]),
+                                     past_key_values=beam_cache(self.model))
         sequences = output.tolist()
         hypotheses = [[self.split_spans(sequences[number * beams + beam], len(window.spans)) for beam in range(beams)]
                       for number, window in enumerate(windows)]
@@ -301,7 +303,8 @@ class Restorer:
             attention_mask=self.attention_mask[number:number + 1],
             decoder_input_ids=torch.tensor([head], device=self.attention_mask.device),
             max_new_tokens=self.budget([lengths[position:]]), num_beams=beams, num_return_sequences=beams,
-            do_sample=False, logits_processor=LogitsProcessorList([SpanConstraint(self.table, [lengths], beams)]))
+            do_sample=False, logits_processor=LogitsProcessorList([SpanConstraint(self.table, [lengths], beams)]),
+            past_key_values=beam_cache(self.model))
         return [self.split_spans(sequence, len(lengths)) for sequence in output.tolist()]
 
     def split_spans(self, sequence, count):
@@ -391,9 +394,12 @@ class Restorer:
 
         while True:
             popped = []
+            searching = sum(bool(entry["frontier"]) and -entry["frontier"][0][0] + bonus > threshold(number)
+                            for number, entry in state.items())
+            quota = max(NODES_PER_ROUND, ROWS_PER_ROUND // max(searching, 1))
             for number, entry in state.items():
                 frontier, taken = entry["frontier"], 0
-                while frontier and -frontier[0][0] + bonus > threshold(number) and taken < NODES_PER_ROUND:
+                while frontier and -frontier[0][0] + bonus > threshold(number) and taken < quota:
                     if entry["expanded"] >= LEXICON_NODES_PER_SPAN:
                         self.searches_cut += 1
                         cut.add(number)

@@ -1,6 +1,8 @@
-"""Scoring after a kept decoder prefix (domainfocus/prefixes.py) reads what plain teacher forcing of the
-whole sequence reads: windows of different lengths in one batch, heads of different lengths in one
-pass (padded on the left), heads extended span by span, and a head that is not an extension."""
+"""The decoder's keys and values as restoration keeps them (domainfocus/prefixes.py) change nothing it
+reads: scoring after a kept prefix equals plain teacher forcing of the whole sequence (windows of
+different lengths in one batch, heads of different lengths in one pass, padded on the left, heads
+extended span by span, and a head that is not an extension), and beam search that leaves the
+cross-attention in place writes the beams transformers' own cache writes."""
 
 import pytest
 from conftest import ROOT
@@ -41,7 +43,10 @@ def check_against_plain_teacher_forcing(model, tokenizer):
             [(0, [start, s[0]] + ids[5:8] + [s[1]], ids[1:2], 0),
              (1, [start, s[0]] + ids[:2] + [s[1]] + ids[3:5] + [s[2]], ids[:4], 1),
              (2, [start, s[0]] + ids[:1], ids[1:3], 0)],
-            [(0, [start, s[0]], ids[2:6], 3), (2, [start, s[0]] + ids[:1] + ids[7:9], [], 0)],  # shorter; another
+            # a short head grows beside longer ones it does not change; then heads that are not extensions
+            [(2, [start, s[0]] + ids[:1] + ids[7:9], ids[2:5], 0), (1, [start, s[0]] + ids[:2] + [s[1]], ids[5:7], 0)],
+            [(0, [start, s[0]], ids[2:6], 3), (1, [start, s[0]] + ids[:2] + [s[1]] + ids[3:5] + [s[2]], ids[:2], 0),
+             (2, [start, s[0]] + ids[:1] + ids[7:9], [], 0)],
         ]
         for requests in rounds:
             found = prefixes.after(*map(list, zip(*requests)))
@@ -67,6 +72,36 @@ def test_scores_after_a_kept_prefix_equal_plain_teacher_forcing_on_the_demo_mode
     tokenizer, model = build_tiny_t5(str(ROOT / "demo" / "train.jsonl"), "inputs", "targets", seed=0)
     assert model.config.tie_word_embeddings
     check_against_plain_teacher_forcing(model, tokenizer)
+
+
+def check_beam_search_unchanged(model, tokenizer):
+    import torch
+
+    from domainfocus.prefixes import beam_cache
+
+    model.eval()
+    batch = tokenizer(WINDOWS, return_tensors="pt", padding=True)
+    settings = {"num_beams": 4, "num_return_sequences": 4, "max_new_tokens": 12, "do_sample": False,
+                "output_scores": True, "return_dict_in_generate": True}
+    with torch.inference_mode():
+        plain = model.generate(**batch, **settings)
+        shared = model.generate(**batch, **settings, past_key_values=beam_cache(model))
+    assert torch.equal(plain.sequences, shared.sequences)
+    assert torch.allclose(plain.sequences_scores, shared.sequences_scores, atol=1e-5)
+
+
+def test_beam_search_leaving_cross_attention_in_place_writes_what_it_writes_otherwise(mt5_folder):
+    """restoration.py gives generate() prefixes.beam_cache, which does not reorder the cross-attention
+    keys and values among a window's beams: every beam of every window, and its score, must be what
+    transformers' own cache gives, on the mT5-shaped and the demo model."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from domainfocus.modeling import build_tiny_t5
+
+    check_beam_search_unchanged(AutoModelForSeq2SeqLM.from_pretrained(mt5_folder),
+                                AutoTokenizer.from_pretrained(mt5_folder))
+    tokenizer, model = build_tiny_t5(str(ROOT / "demo" / "train.jsonl"), "inputs", "targets", seed=0)
+    check_beam_search_unchanged(model, tokenizer)
 
 
 @pytest.fixture(autouse=True)
