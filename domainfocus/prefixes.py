@@ -18,7 +18,7 @@ Written by hand because generate() has no way to score given continuations of a 
 """
 
 LOGITS_PER_CHUNK = 1 << 26  # logits computed at once (rows x positions x vocabulary)
-KEPT_PER_CHUNK = 1 << 26  # keys and values gathered at once for a forward pass (numbers, all layers)
+KEPT_BYTES_PER_CHUNK = 1 << 30  # keys and values gathered for the rows of one pass (all layers), in bytes
 
 
 class DecoderPrefixes:
@@ -38,7 +38,9 @@ class DecoderPrefixes:
         vocabulary). The head must start with the decoder start token."""
         import torch
 
-        self.keep(dict(zip(rows, heads)))
+        wanted = dict(zip(rows, map(tuple, heads)))
+        assert all(wanted[row] == tuple(head) for row, head in zip(rows, heads)), "one head per window in a call"
+        self.keep(wanted)
         # The distribution after suffix[:i] is the pass's output at suffix position i - 1 (i = 0: kept with the head).
         picked = [list(range(max(start, 1) - 1, len(suffix))) for suffix, start in zip(suffixes, first)]
         needed = [number for number, positions in enumerate(picked) if positions]
@@ -64,7 +66,8 @@ class DecoderPrefixes:
                 if head[:len(known)] != known:  # another head (never in restoration's order): from the start
                     self.kept[window], restarted = self.kept_start[window], True
                     known = self.kept[window][0]
-                growing[window] = head
+                if head != known:
+                    growing[window] = head
         if restarted:
             self.stack()
         if not growing:
@@ -125,11 +128,11 @@ class DecoderPrefixes:
         device = self.attention_mask.device
         vocabulary = self.model.get_output_embeddings().weight.shape[0]
         config = self.model.config
-        width_per_token = 2 * config.num_decoder_layers * config.num_heads * config.d_kv
+        bytes_per_token = 2 * config.num_decoder_layers * config.num_heads * config.d_kv * self.encoded.element_size()
         width = self.width if self.cross is not None else 0  # of the kept heads (none before start())
-        per_row = max(max(map(len, picked)) * vocabulary,
-                      (width + max(map(len, suffixes)) + self.encoded.shape[1]) * width_per_token)
-        step = len(rows) if keep else max(min(LOGITS_PER_CHUNK, KEPT_PER_CHUNK) // per_row, 1)
+        kept_bytes = (width + max(map(len, suffixes)) + self.encoded.shape[1]) * bytes_per_token  # a row's, gathered
+        step = len(rows) if keep else max(min(LOGITS_PER_CHUNK // (max(map(len, picked)) * vocabulary),
+                                              KEPT_BYTES_PER_CHUNK // kept_bytes), 1)
         cache, results = None, []
         for begin in range(0, len(rows), step):
             chunk, chunk_heads = rows[begin:begin + step], heads[begin:begin + step]

@@ -203,6 +203,7 @@ class Restorer:
                         plain_outputs[index] = (known[0] + (before if known[0] else "") + output, known[1] or cut)
         finally:
             model.train(was_training)
+            self.prefixes = None  # the last batch's keys and values: not kept on the device between calls
         return [self.result(index, document, chosen, plain_outputs, review_below)
                 for index, document in enumerate(documents)]
 

@@ -161,7 +161,7 @@ def test_resume_refuses_standard_output_and_an_output_of_another_input(finished_
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(alphabet="患者心悸多汗首选检查为予口服℃㎎ⅡⅢ½，。：；（）“”abcgmklCIVμ°⁄0123456789 ", max_size=12))
+@given(st.text(alphabet="患者心悸多汗首选检查为予口服℃㎎ⅡⅢ½，。：；（）“”abcgmklCIVμ°⁄.!?(一)0123456789 ", max_size=12))
 def test_the_reading_of_a_text_that_cannot_fold_is_what_the_general_walk_reads(text):
     """lengths.read takes a shortcut for text that writes no image (CJK words, Latin words without a
     unit); on clinical characters, compatibility characters, Latin letters, parts of units, digits and

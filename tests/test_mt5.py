@@ -186,7 +186,7 @@ def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, bonus, req
     import torch
 
     from domainfocus.damage import from_sentinels
-    from domainfocus.restoration import Candidate, Decoding, Restorer
+    from domainfocus.restoration import Decoding, Restorer
 
     base = request.getfixturevalue(model)
     terms = clinical_lexicon()
@@ -210,15 +210,22 @@ def test_the_lexicon_choice_is_exact_however_large_the_lexicon(model, bonus, req
     walk(chosen, ())
     assert len(fitting) > 2000
     batch = restorer.tokenizer([text], return_tensors="pt")
-    restorer.encoded = restorer.model.get_encoder()(**batch)
-    restorer.attention_mask = batch["attention_mask"]
-    head = restorer.prefix([], 0)
-    candidates = [Candidate(tokens) for _, tokens in fitting]
-    with torch.inference_mode():
-        restorer.score([(0, head, 0, candidate) for candidate in candidates])
+    head, closing = restorer.prefix([], 0), int(restorer.table.sentinel_ids[1])
+    scores = []
+    with torch.inference_mode():  # plain teacher forcing: the model over the whole decoder sequence, nothing kept
+        for start in range(0, len(fitting), 500):
+            chunk = [list(tokens) + [closing] for _, tokens in fitting[start:start + 500]]
+            width = max(map(len, chunk))
+            decoder = torch.tensor([head + labels + [0] * (width - len(labels)) for labels in chunk])
+            logits = restorer.model(input_ids=batch["input_ids"].expand(len(chunk), -1),
+                                    attention_mask=batch["attention_mask"].expand(len(chunk), -1),
+                                    decoder_input_ids=decoder).logits
+            log_probabilities = torch.log_softmax(logits.float(), dim=-1)
+            scores += [sum(float(log_probabilities[row, len(head) - 1 + step, label]) for step, label in enumerate(labels))
+                       for row, labels in enumerate(chunk)]
     by_tokens = {}  # terms that tokenize alike are one candidate to the model
-    for candidate, (term, tokens) in zip(candidates, fitting):
-        by_tokens.setdefault(tokens, (candidate.log_probability, []))[1].append(term)
+    for score, (term, tokens) in zip(scores, fitting):
+        by_tokens.setdefault(tokens, (score, []))[1].append(term)
     best_terms = sorted(by_tokens.values(), key=lambda pair: -pair[0])[:13]
     assert restorer.searches_cut == 0
     assert len(shown) == 13  # thousands of terms fit: the chosen one and twelve alternatives are always there

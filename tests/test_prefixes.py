@@ -65,12 +65,16 @@ def test_scores_after_a_kept_prefix_equal_plain_teacher_forcing_on_the_mt5_shape
     check_against_plain_teacher_forcing(model, AutoTokenizer.from_pretrained(mt5_folder))
 
 
-def test_scores_after_a_kept_prefix_equal_plain_teacher_forcing_on_the_demo_model(tmp_path):
-    """The demo's model: a tied T5 (its decoder output scaled before the LM head)."""
+def test_scores_after_a_kept_prefix_equal_plain_teacher_forcing_on_the_demo_model(monkeypatch):
+    """The demo's model: a tied T5 (its decoder output scaled before the LM head); and again with every
+    pass cut into one row at a time, as a large model's rows are."""
+    from domainfocus import prefixes
     from domainfocus.modeling import build_tiny_t5
 
     tokenizer, model = build_tiny_t5(str(ROOT / "demo" / "train.jsonl"), "inputs", "targets", seed=0)
     assert model.config.tie_word_embeddings
+    check_against_plain_teacher_forcing(model, tokenizer)
+    monkeypatch.setattr(prefixes, "KEPT_BYTES_PER_CHUNK", 1)
     check_against_plain_teacher_forcing(model, tokenizer)
 
 
