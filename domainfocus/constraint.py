@@ -23,9 +23,9 @@ class TokenTable:
     """What each token id writes into a span: its text (SentencePiece's "▁" as a space, <unk> as
     lengths.UNKNOWN), its characters without whitespace (`characters`, EXCLUDED for tokens that never
     belong in a span: padding, end, sentinels, byte pieces), the fewest lost characters it can fill
-    (`lowest`: `°C` or `mg` fill one; `lowest_touched` after a character of the kind it starts with,
-    as `g` before `mg` keeps it from folding) and what it starts with (`kinds`: an index of
-    lengths.KINDS)."""
+    (`°C` or `mg` fill one), the fewest after a character of the kind it starts with (`g` before `mg`
+    keeps it from folding) and that kind (an index of lengths.KINDS): `classes` numbers the tokens
+    alike in these, whose values `class_lowest`, `class_touched` and `class_kinds` hold."""
 
     def __init__(self, tokenizer, vocabulary_size):
         import torch
@@ -51,18 +51,14 @@ class TokenTable:
             touched.append(EXCLUDED if text is None else 1 if text == UNKNOWN else
                            lowest_count(text, touched=True) - combining)
             kinds.append(KINDS.index(kind(text[0])) if text else 0)
-        self.characters = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.long)
-        self.characters[:len(characters)] = torch.tensor(characters, dtype=torch.long)
-        self.lowest = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.int32)
-        self.lowest[:len(lowest)] = torch.tensor(lowest, dtype=torch.int32)
-        self.lowest_touched = torch.full((vocabulary_size,), EXCLUDED, dtype=torch.int32)  # after a character alike
-        self.lowest_touched[:len(touched)] = torch.tensor(touched, dtype=torch.int32)
-        self.kinds = torch.zeros(vocabulary_size, dtype=torch.long)
-        self.kinds[:len(kinds)] = torch.tensor(kinds, dtype=torch.long)
+        def padded(values, fill):  # one value per token id of the model's vocabulary
+            return values + [fill] * (vocabulary_size - len(values))
+
+        self.characters = torch.tensor(padded(characters, EXCLUDED), dtype=torch.long)
         # Tokens alike in all of these are masked alike: the constraint decides per class (a few hundred,
         # against mT5's 250,112 tokens) and spreads the decision over the vocabulary in one pass.
-        signature = torch.stack([self.kinds, self.lowest.long(), self.lowest_touched.long(),
-                                 self.characters.clamp(max=BLANK + 1)])
+        signature = torch.tensor([padded(kinds, 0), padded(lowest, EXCLUDED), padded(touched, EXCLUDED),
+                                  padded([min(count, BLANK + 1) for count in characters], EXCLUDED)])
         kept, self.classes = torch.unique(signature, dim=1, return_inverse=True)
         self.class_kinds, self.class_lowest, self.class_touched, class_characters = kept
         self.class_content, self.class_blank = class_characters > BLANK, class_characters == BLANK
@@ -78,8 +74,8 @@ class TokenTable:
         self.readings = {}  # a span's tokens so far -> lengths.Reading, shared by every batch decoded
 
     def to(self, device):
-        for name in ("characters", "lowest", "lowest_touched", "kinds", "sentinel_ids", "sentinel_number", "classes",
-                     "class_kinds", "class_lowest", "class_touched", "class_content", "class_blank"):
+        for name in ("characters", "sentinel_ids", "sentinel_number", "classes", "class_kinds", "class_lowest",
+                     "class_touched", "class_content", "class_blank"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 

@@ -44,8 +44,8 @@ class DecoderPrefixes:
         # The distribution after suffix[:i] is the pass's output at suffix position i - 1 (i = 0: kept with the head).
         picked = [list(range(max(start, 1) - 1, len(suffix))) for suffix, start in zip(suffixes, first)]
         needed = [number for number, positions in enumerate(picked) if positions]
-        computed = self.forward([rows[number] for number in needed], [self.kept[rows[number]][0] for number in needed],
-                                [suffixes[number] for number in needed], [picked[number] for number in needed])[1]
+        computed = self.forward([rows[number] for number in needed], [suffixes[number] for number in needed],
+                                [picked[number] for number in needed])[1]
         computed = dict(zip(needed, computed))
         results = []
         for number, (row, start) in enumerate(zip(rows, first)):
@@ -76,8 +76,7 @@ class DecoderPrefixes:
         heads_before = [self.kept[window][0] for window in windows]
         added = [list(growing[window][len(before):]) for window, before in zip(windows, heads_before)]
         width = self.width  # the pass reads the kept heads padded to this width, then the added tokens
-        cache, log_probabilities = self.forward(windows, heads_before, added, [[len(tokens) - 1] for tokens in added],
-                                                keep=True)
+        cache, log_probabilities = self.forward(windows, added, [[len(tokens) - 1] for tokens in added], keep=True)
         for number, (window, before, tokens) in enumerate(zip(windows, heads_before, added)):
             begin, end = width - len(before), width + len(tokens)
             layers = [(layer.keys[number:number + 1, :, begin:end].clone(),
@@ -90,8 +89,7 @@ class DecoderPrefixes:
         """Read the decoder start token for every window: the cross-attention keys and values, and the first head."""
         windows = list(range(self.encoded.shape[0]))
         start = self.model.config.decoder_start_token_id
-        cache, log_probabilities = self.forward(windows, [()] * len(windows), [[start]] * len(windows),
-                                                [[0]] * len(windows), keep=True)
+        cache, log_probabilities = self.forward(windows, [[start]] * len(windows), [[0]] * len(windows), keep=True)
         self.cross = [(layer.keys, layer.values) for layer in cache.cross_attention_cache.layers]
         for window in windows:
             layers = [(layer.keys[window:window + 1].clone(), layer.values[window:window + 1].clone())
@@ -111,9 +109,9 @@ class DecoderPrefixes:
                                          for window in windows]) for part in (0, 1))
                         for number in range(len(self.cross))]
 
-    def forward(self, rows, heads, suffixes, picked, keep=False):
-        """One decoder pass per chunk of rows over `suffixes`, after each row's kept `heads` (padded on
-        the left to the longest, the padding masked). Returns (the last chunk's cache when `keep`, [the
+    def forward(self, rows, suffixes, picked, keep=False):
+        """One decoder pass per chunk of rows over `suffixes`, after each row's kept head (padded on
+        the left to the longest, the padding masked; none before start()). Returns (the last chunk's cache when `keep`, [the
         log-softmax at the suffix positions `picked` lists for each row]).
 
         Only those positions go through the LM head: a hook hands it just their hidden states, so
@@ -135,21 +133,21 @@ class DecoderPrefixes:
                                               KEPT_BYTES_PER_CHUNK // kept_bytes), 1)
         cache, results = None, []
         for begin in range(0, len(rows), step):
-            chunk, chunk_heads = rows[begin:begin + step], heads[begin:begin + step]
+            chunk = rows[begin:begin + step]
             chunk_suffixes, chunk_picked = suffixes[begin:begin + step], picked[begin:begin + step]
             index = torch.tensor(chunk, device=device)
             length = max(map(len, chunk_suffixes))
             decoder = torch.tensor([list(suffix) + [pad] * (length - len(suffix)) for suffix in chunk_suffixes],
                                    device=device)
-            kept = torch.tensor([len(head) for head in chunk_heads], device=device)
-            mask = (torch.arange(width + length, device=device) >= width - kept[:, None]).long()
             if width:
+                kept = torch.tensor([len(self.kept[row][0]) for row in chunk], device=device)
+                mask = (torch.arange(width + length, device=device) >= width - kept[:, None]).long()
                 cache = held_cache([(keys[index], values[index], cross_keys[index], cross_values[index])
                                     for (keys, values), (cross_keys, cross_values) in zip(self.stacked, self.cross)])
                 # Cross-attention reads the cache; the encoder states only give the batch its shape.
                 encoded = self.encoded[:1].expand(len(chunk), -1, -1)
             else:
-                cache, encoded = None, self.encoded[index]
+                cache, encoded, mask = None, self.encoded[index], torch.ones_like(decoder)
             picked_rows = torch.tensor([row for row, positions in enumerate(chunk_picked) for _ in positions],
                                        device=device)
             picked_positions = torch.tensor([position for positions in chunk_picked for position in positions],
